@@ -1,0 +1,1 @@
+"""Prefect flows over damwatch's stages, and the ``damwatch`` command line."""

@@ -1,0 +1,95 @@
+"""Connection to a Dask cluster.
+
+By default damwatch starts a :class:`distributed.LocalCluster` of process workers on this
+machine, one single-threaded worker per core. Given a scheduler address (the ``address``
+argument, or the ``DAMWATCH_CLUSTER`` environment variable), it connects to that cluster
+instead and starts nothing: the same code then runs on a real cluster by configuration alone.
+
+BLAS threads are capped to each worker's thread count (DESIGN decision 7): the environment
+variables below are set before the worker processes start, so NumPy in each worker uses one
+thread per Dask thread and two workers on two cores never fight over four BLAS threads.
+
+A script that uses the default LocalCluster needs the ``if __name__ == "__main__":`` guard:
+worker processes re-import the main module.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+from pipeline.errors import InputError
+
+__all__ = ["CLUSTER_ENV", "BLAS_THREAD_VARIABLES", "dask_client", "cluster_address"]
+
+CLUSTER_ENV = "DAMWATCH_CLUSTER"
+BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def cluster_address(address: str | None = None) -> str | None:
+    """The scheduler address to use: ``address`` if given, else ``$DAMWATCH_CLUSTER``, else None."""
+    address = address or os.environ.get(CLUSTER_ENV) or None
+    if address is not None and "://" not in address and ":" not in address:
+        raise InputError(
+            f"cluster address {address!r} has no port; give the scheduler as HOST:PORT or "
+            f"tcp://HOST:PORT (the address `dask scheduler` prints), or leave it unset to use "
+            f"a local cluster"
+        )
+    return address
+
+
+@contextlib.contextmanager
+def dask_client(
+    address: str | None = None,
+    n_workers: int | None = None,
+    threads_per_worker: int = 1,
+    memory_limit: str | int = "auto",
+    processes: bool = True,
+) -> Iterator["distributed.Client"]:  # noqa: F821
+    """Yield a ``distributed.Client``: to ``address``/``$DAMWATCH_CLUSTER``, or to a new LocalCluster.
+
+    ``n_workers`` defaults to the number of cores; ``memory_limit`` is per worker (bytes or a
+    string such as ``"2GiB"``). The LocalCluster is closed on exit; an external cluster is
+    left running.
+    """
+    import distributed
+
+    address = cluster_address(address)
+    if address is not None:
+        try:
+            client = distributed.Client(address, timeout="10s")
+        except OSError as exc:
+            raise InputError(
+                f"cannot reach the Dask scheduler at {address} ({exc}); start one with "
+                f"`dask scheduler` and `dask worker {address}`, or unset {CLUSTER_ENV} to use a "
+                f"local cluster"
+            ) from None
+        with client:
+            yield client
+        return
+
+    n_workers = n_workers or os.cpu_count() or 1
+    if n_workers < 1:
+        raise InputError(f"--workers must be at least 1, got {n_workers}")
+    threads = str(threads_per_worker)
+    saved = {name: os.environ.get(name) for name in BLAS_THREAD_VARIABLES}
+    os.environ.update({name: threads for name in BLAS_THREAD_VARIABLES})
+    try:
+        cluster = distributed.LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
+            processes=processes,
+            memory_limit=memory_limit,
+            host="127.0.0.1",
+            dashboard_address=None,
+            silence_logs=40,  # logging.ERROR: keep worker chatter out of the user's terminal
+        )
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    with cluster, distributed.Client(cluster) as client:
+        yield client

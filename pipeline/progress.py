@@ -1,0 +1,39 @@
+"""Progress bars for long work: a tqdm bar over Dask futures as they finish."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+__all__ = ["progress_bar", "wait_with_progress"]
+
+
+def progress_bar(total: int, desc: str, unit: str = "task", disable: bool | None = None):
+    """A tqdm bar on stderr; ``disable=None`` shows it unless ``DAMWATCH_NO_PROGRESS`` is set."""
+    import os
+
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        disable = bool(os.environ.get("DAMWATCH_NO_PROGRESS"))
+    return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True)
+
+
+def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk") -> list:
+    """Wait for Dask ``futures`` with a progress bar; return their results in the given order.
+
+    The first failure is raised as soon as it arrives, with the other futures cancelled.
+    """
+    from distributed import as_completed
+
+    with progress_bar(len(futures), desc, unit) as bar:
+        try:
+            for future in as_completed(futures):
+                if future.status == "error":
+                    future.result()  # raises the task's exception here, on the driver
+                bar.update(1)
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return [future.result() for future in futures]

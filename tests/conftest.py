@@ -1,0 +1,48 @@
+"""Fixtures shared by the whole suite.
+
+- ``naip_dir``: the real NAIP surveys in ``../shared/data/naip`` (skips where absent).
+- ``dask_client``: one real LocalCluster of two single-threaded process workers on 127.0.0.1,
+  started once per test session (starting one costs a few seconds).
+- ``store``: an empty damwatch store in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Quiet, offline, and never touching a user's Prefect home or progress bars in test logs.
+os.environ.setdefault("DAMWATCH_NO_PROGRESS", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+NAIP_DIR = Path(os.environ.get("DAMWATCH_SHARED_DATA", REPO.parent / "shared" / "data")) / "naip"
+
+
+@pytest.fixture(scope="session")
+def naip_dir() -> Path:
+    if not NAIP_DIR.is_dir() or not any(NAIP_DIR.glob("*.tif")):
+        pytest.skip(f"real NAIP surveys not found at {NAIP_DIR} (CI has them in ../shared/data/naip)")
+    return NAIP_DIR
+
+
+@pytest.fixture(scope="session")
+def naip_files(naip_dir) -> list[Path]:
+    return sorted(naip_dir.glob("*.tif"))
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    from pipeline.cluster import dask_client as make_client
+
+    with make_client(n_workers=2, threads_per_worker=1, memory_limit="4GiB") as client:
+        yield client
+
+
+@pytest.fixture
+def store(tmp_path):
+    from pipeline.store import Store
+
+    return Store(tmp_path / "damwatch-data")
