@@ -82,7 +82,7 @@ def dask_client(
             processes=processes,
             memory_limit=memory_limit,
             host="127.0.0.1",
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never clash with another cluster
             silence_logs=40,  # logging.ERROR: keep worker chatter out of the user's terminal
         )
     finally:
