@@ -1,0 +1,620 @@
+"""Per-tile features: what the network sees of each tile.
+
+A *feature vector* describes one tile of a survey (see :mod:`pipeline.tiling`) as a fixed
+list of numbers. A *feature spec* (:class:`FeatureSpec`) names that list: which features, in
+which order, computed from which bands, under a name and a version (``"default-v1"``). Bands
+are chosen **by name** (``"red"``, ``"nir"``), never by position, so a survey whose bands come
+in another order gives the same features, and a survey lacking a band the spec needs is refused
+with :class:`~pipeline.errors.InputError` instead of silently using the wrong band. A trained
+model records the spec it was trained with and refuses features made with another.
+
+The features of a tile, in spec order (pixel values are first scaled to [0, 1] by the dtype's
+range: ``/255`` for uint8, ``/65535`` for uint16, floats unchanged):
+
+- ``gray_RR_CC`` (``thumbnail``² values): the classic input layer: the tile in grayscale
+  (ITU-R 601 luma ``0.299 red + 0.587 green + 0.114 blue``) averaged over
+  ``size/thumbnail``-pixel cells down to ``thumbnail × thumbnail`` (32 × 32), in [0, 1].
+- ``mean_<band>``, ``std_<band>``: per-band mean and standard deviation over the valid pixels.
+- ``ndvi_mean``, ``ndvi_std``, ``ndwi_mean``, ``ndwi_std`` (only in specs with a ``nir`` band):
+  NDVI = (nir − red)/(nir + red) (vegetation), NDWI = (green − nir)/(green + nir) (open water
+  where > 0), per pixel, 0 where the denominator is 0, then mean/std over valid pixels.
+- ``gray_std``: standard deviation of the grayscale tile (contrast).
+- ``texture_cell_std``: the local texture measure: the standard deviation of grayscale inside
+  each thumbnail cell (4 × 4 pixels for 128-px tiles), averaged over the cells. High for fine
+  texture (canopy, rows), low for smooth surfaces (water, bare soil), unlike ``gray_std``,
+  which a single large edge also makes high.
+- ``edge_strength``: mean grayscale gradient magnitude, with forward differences
+  ``gx = g[y, x] − g[y, x−1]``, ``gy = g[y, x] − g[y−1, x]`` over the (size−1)² pixels
+  that have both neighbours inside the tile (units: grayscale per pixel).
+- ``edge_orient_DDD`` (``orientation_bins`` values): an edge-orientation histogram: the
+  gradient direction folded to [0°, 180°) (a dark-to-light and a light-to-dark edge are the same
+  edge), in bins *centred* on 0°, 22.5°, … (so horizontal and vertical gradients sit mid-bin),
+  weighted by gradient magnitude and divided by the total magnitude: the fractions sum to 1,
+  or are all 0 in a tile without any gradient. Bin 000 holds gradients along x (vertical edges).
+
+Every feature is a function of the tile's own pixels only, so a tile's features do not depend
+on its neighbours, on the chunking or on the stride. Nodata pixels are excluded: statistics
+use valid pixels only, and before the spatial features (thumbnail, texture, edges) each nodata
+pixel is replaced by its tile's valid mean for that band, so a nodata collar creates no edge.
+A tile with no valid pixel at all gets NaN features and valid fraction 0 (skip it downstream).
+
+Features are stored raw (not standardized): normalization statistics come from the training
+data when a model is trained (:mod:`ann.standardize`).
+
+Layers: :func:`tile_features` and :func:`block_features` are pure NumPy over tiles / a block
+of pixels; :func:`features_dask` applies :func:`block_features` to a Dask array, one task per
+group of tiles spanning about one Zarr chunk (halo read from neighbouring chunks when a stride
+makes tiles straddle them); :func:`compute_features` runs it on a survey in the store and
+writes ``features/<survey_id>/<spec_id>/size<S>_stride<T>``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputError, StoreError
+from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
+
+__all__ = [
+    "FeatureSpec",
+    "SPECS",
+    "get_spec",
+    "spec_band_indices",
+    "pixel_scale",
+    "tile_features",
+    "block_features",
+    "features_dask",
+    "compute_features",
+    "open_features",
+    "features_path",
+    "TileFeatures",
+]
+
+LUMA = {"red": 0.299, "green": 0.587, "blue": 0.114}  # ITU-R BT.601 grayscale weights
+TILES_PER_BATCH = 16  # tiles computed together inside a block: ~4 MB of float32, stays in cache
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """A named, versioned list of features and the bands (by name) they are computed from.
+
+    ``names`` is derived from the other fields (see the module docstring for each feature);
+    bump ``version`` whenever the computation changes, so models refuse stale features.
+    """
+
+    name: str
+    version: int
+    bands: tuple[str, ...]  # survey band names, in the order of the mean_/std_ features
+    thumbnail: int = 32  # grayscale thumbnail edge, cells; must divide the tile size
+    orientation_bins: int = 8  # edge-orientation histogram bins over [0°, 180°)
+    names: tuple[str, ...] = field(default=(), compare=True)
+
+    def __post_init__(self) -> None:
+        missing = [b for b in LUMA if b not in self.bands]
+        if missing:
+            raise InputError(
+                f"feature spec {self.name!r} lists bands {list(self.bands)}, which lack {missing}: "
+                f"the grayscale features need red, green and blue"
+            )
+        expected = _feature_names(self.bands, self.thumbnail, self.orientation_bins)
+        if not self.names:
+            object.__setattr__(self, "names", expected)
+        elif tuple(self.names) != expected:
+            raise InputError(
+                f"feature spec {self.id} lists {len(self.names)} feature names that differ from the "
+                f"{len(expected)} this version of damwatch computes for it; the spec was written by "
+                f"another version: recompute the features (damwatch features --overwrite)"
+            )
+        object.__setattr__(self, "bands", tuple(self.bands))
+        object.__setattr__(self, "names", tuple(self.names))
+
+    @property
+    def id(self) -> str:
+        """``<name>-v<version>``, e.g. ``default-v1``: the key under which features are stored."""
+        return f"{self.name}-v{self.version}"
+
+    @property
+    def n_features(self) -> int:
+        return len(self.names)
+
+    @property
+    def has_indices(self) -> bool:
+        """Whether NDVI/NDWI are part of the spec (it has a ``nir`` band)."""
+        return "nir" in self.bands
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "version": self.version,
+            "bands": list(self.bands),
+            "thumbnail": self.thumbnail,
+            "orientation_bins": self.orientation_bins,
+            "names": list(self.names),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
+        return cls(
+            name=d["name"],
+            version=int(d["version"]),
+            bands=tuple(d["bands"]),
+            thumbnail=int(d.get("thumbnail", 32)),
+            orientation_bins=int(d.get("orientation_bins", 8)),
+            names=tuple(d.get("names", ())),
+        )
+
+
+def _feature_names(bands: tuple[str, ...], thumbnail: int, bins: int) -> tuple[str, ...]:
+    names = [f"gray_{r:02d}_{c:02d}" for r in range(thumbnail) for c in range(thumbnail)]
+    for band in bands:
+        names += [f"mean_{band}", f"std_{band}"]
+    if "nir" in bands:
+        names += ["ndvi_mean", "ndvi_std", "ndwi_mean", "ndwi_std"]
+    names += ["gray_std", "texture_cell_std", "edge_strength"]
+    names += [f"edge_orient_{round(k * 180 / bins):03d}" for k in range(bins)]
+    return tuple(names)
+
+
+SPECS: dict[str, FeatureSpec] = {
+    # Works on every survey with visible bands (synthetic RGB, NAIP): the demo's spec.
+    "default": FeatureSpec("default", 1, ("red", "green", "blue")),
+    # Adds near-infrared statistics and NDVI/NDWI: surveys with a nir band (NAIP).
+    "rgbn": FeatureSpec("rgbn", 1, ("red", "green", "blue", "nir")),
+}
+
+
+def get_spec(spec: str | FeatureSpec | dict[str, Any] = "default") -> FeatureSpec:
+    """A registered spec by name (``"default"``) or id (``"default-v1"``); specs/dicts pass through."""
+    if isinstance(spec, FeatureSpec):
+        return spec
+    if isinstance(spec, dict):
+        return FeatureSpec.from_dict(spec)
+    for s in SPECS.values():
+        if spec in (s.name, s.id):
+            return s
+    known = ", ".join(f"{s.name} ({s.id}: bands {', '.join(s.bands)})" for s in SPECS.values())
+    raise InputError(f"unknown feature spec {spec!r}; known specs: {known}")
+
+
+def spec_band_indices(spec: FeatureSpec, band_names: tuple[str, ...] | list[str], survey_id: str = "the survey") -> list[int]:
+    """Position in ``band_names`` of each band of ``spec`` (InputError naming any missing band)."""
+    missing = [b for b in spec.bands if b not in band_names]
+    if missing:
+        raise InputError(
+            f"feature spec {spec.id} needs bands {list(spec.bands)} but {survey_id} has bands "
+            f"{list(band_names)} (missing: {', '.join(missing)}); choose a spec whose bands the survey "
+            f"has ({', '.join(s.name + ': ' + '/'.join(s.bands) for s in SPECS.values())}) with --spec"
+        )
+    return [list(band_names).index(b) for b in spec.bands]
+
+
+def pixel_scale(dtype: np.dtype | str) -> float:
+    """Factor taking pixel values to [0, 1]: ``1 / max`` for integer dtypes, 1 for floats."""
+    dtype = np.dtype(dtype)
+    if np.issubdtype(dtype, np.integer):
+        return 1.0 / float(np.iinfo(dtype).max)
+    if np.issubdtype(dtype, np.bool_):
+        return 1.0
+    return 1.0
+
+
+# ----------------------------------------------------------------------------------------------
+# Pure NumPy
+# ----------------------------------------------------------------------------------------------
+def _normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(a − b)/(a + b)``, 0 where ``a + b == 0``."""
+    num = a - b
+    den = a + b
+    out = np.zeros_like(num)
+    np.divide(num, den, out=out, where=den != 0)
+    return out
+
+
+def _mean_std(x: np.ndarray, w: np.ndarray | None, n_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and std over the last two axes, weighting pixels by ``w`` (1 valid, 0 nodata)."""
+    axes = (-2, -1)
+    if w is None:
+        mean = x.mean(axis=axes, dtype=np.float64)
+        d = x - mean[..., None, None].astype(x.dtype)
+        var = np.einsum("...ij,...ij->...", d, d, dtype=np.float64) / (x.shape[-1] * x.shape[-2])
+    else:
+        mean = (x * w).sum(axis=axes, dtype=np.float64) / n_valid
+        d = (x - mean[..., None, None].astype(x.dtype)) * w
+        var = np.einsum("...ij,...ij->...", d, d, dtype=np.float64) / n_valid
+    return mean, np.sqrt(var)
+
+
+def tile_features(tiles: np.ndarray, valid: np.ndarray | None, spec: FeatureSpec, scale: float = 1.0) -> np.ndarray:
+    """Features of ``N`` tiles: ``tiles`` (N, len(spec.bands), S, S) in spec band order → (N, F) float32.
+
+    ``valid`` (N, S, S) bool marks non-nodata pixels (None: all valid); ``scale`` takes pixel
+    values to [0, 1] (see :func:`pixel_scale`). ``S`` must be a multiple of ``spec.thumbnail``.
+    """
+    n, n_bands, s, s2 = tiles.shape
+    if s != s2 or n_bands != len(spec.bands):
+        raise ValueError(f"tiles must be (N, {len(spec.bands)}, S, S), got {tiles.shape}")
+    if s % spec.thumbnail:
+        raise InputError(
+            f"tile size {s} is not a multiple of the {spec.thumbnail}-cell thumbnail of feature spec "
+            f"{spec.id}; use a tile size such as {spec.thumbnail * max(1, round(s / spec.thumbnail))}"
+        )
+    out = np.full((n, spec.n_features), np.nan, dtype=np.float32)
+    if n == 0:
+        return out
+    x = tiles.astype(np.float32)  # (N, B, S, S)
+    x *= np.float32(scale)
+
+    # -- nodata: statistics over valid pixels, spatial features on mean-filled tiles ----------
+    if valid is not None and not valid.all():
+        w = valid[:, None].astype(np.float32)  # (N, 1, S, S)
+        n_valid = w.sum(axis=(-2, -1), dtype=np.float64)  # (N, 1)
+        empty = n_valid[:, 0] == 0
+        n_valid = np.where(n_valid == 0, 1.0, n_valid)
+    else:
+        w, n_valid, empty = None, np.full((n, 1), float(s * s)), np.zeros(n, dtype=bool)
+    band_mean, band_std = _mean_std(x, w, n_valid)  # (N, B) each
+    if w is not None:
+        x = np.where(w > 0, x, band_mean[..., None, None].astype(np.float32))
+
+    col = 0
+    t, k = spec.thumbnail, s // spec.thumbnail
+    bi = {b: i for i, b in enumerate(spec.bands)}
+    gray = LUMA["red"] * x[:, bi["red"]] + LUMA["green"] * x[:, bi["green"]] + LUMA["blue"] * x[:, bi["blue"]]  # (N, S, S)
+
+    cells = gray.reshape(n, t, k, t, k)
+    thumb = cells.mean(axis=(2, 4))  # (N, t, t)
+    out[:, col : col + t * t] = thumb.reshape(n, t * t)
+    col += t * t
+
+    stats = np.stack([band_mean, band_std], axis=-1).reshape(n, -1)  # mean_b0, std_b0, mean_b1, ...
+    out[:, col : col + stats.shape[1]] = stats
+    col += stats.shape[1]
+
+    if spec.has_indices:
+        red, green, nir = x[:, bi["red"]], x[:, bi["green"]], x[:, bi["nir"]]
+        wv = None if w is None else w[:, 0]
+        for index in (_normalized_difference(nir, red), _normalized_difference(green, nir)):  # NDVI, NDWI
+            m, sd = _mean_std(index, wv, n_valid[:, 0])
+            out[:, col], out[:, col + 1] = m, sd
+            col += 2
+
+    _, gray_std = _mean_std(gray, None, None)  # type: ignore[arg-type]
+    out[:, col] = gray_std
+    cell_var = (cells * cells).mean(axis=(2, 4)) - thumb * thumb  # (N, t, t)
+    out[:, col + 1] = np.sqrt(np.maximum(cell_var, 0.0)).mean(axis=(1, 2))
+    col += 2
+
+    gx = gray[:, 1:, 1:] - gray[:, 1:, :-1]  # (N, S-1, S-1)
+    gy = gray[:, 1:, 1:] - gray[:, :-1, 1:]
+    magnitude = np.hypot(gx, gy)
+    total = magnitude.sum(axis=(1, 2), dtype=np.float64)  # (N,)
+    out[:, col] = total / ((s - 1) * (s - 1))
+    col += 1
+
+    bins = spec.orientation_bins
+    angle = np.arctan2(gy, gx)  # (-π, π]; folding to [0, π) below ignores the edge's polarity
+    bin_index = np.rint(angle * np.float32(bins / np.pi)).astype(np.int64) % bins  # centred bins
+    bin_index += (np.arange(n) * bins)[:, None, None]
+    hist = np.bincount(bin_index.ravel(), weights=magnitude.ravel(), minlength=n * bins).reshape(n, bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[:, col : col + bins] = np.where(total[:, None] > 0, hist / total[:, None], 0.0)
+    col += bins
+    assert col == spec.n_features
+
+    out[empty] = np.nan
+    return out
+
+
+def block_features(
+    block: np.ndarray,
+    valid: np.ndarray | None,
+    row_offsets: np.ndarray,
+    col_offsets: np.ndarray,
+    size: int,
+    spec: FeatureSpec,
+    band_indices: list[int],
+    scale: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features of the tiles of an in-memory block of pixels.
+
+    ``block`` (n_survey_bands, H, W) pixel values; ``valid`` (H, W) bool or None (all valid);
+    ``row_offsets``/``col_offsets`` the pixel offsets of the tiles inside the block;
+    ``band_indices`` the survey band of each spec band (:func:`spec_band_indices`).
+    Returns ``(values (n_rows, n_cols, F) float32, valid_fraction (n_rows, n_cols) float32)``.
+    """
+    ro, co = np.asarray(row_offsets), np.asarray(col_offsets)
+    nr, nc = len(ro), len(co)
+    values = np.empty((nr, nc, spec.n_features), dtype=np.float32)
+    fraction = np.ones((nr, nc), dtype=np.float32)
+    valid_tiles = None
+    if valid is not None and not np.all(valid):
+        valid_tiles = gather_tiles(np.asarray(valid, dtype=bool), ro, co, size).reshape(nr * nc, size, size)
+        fraction = (np.count_nonzero(valid_tiles, axis=(1, 2)) / float(size * size)).astype(np.float32).reshape(nr, nc)
+    # tiles of one row of the grid at a time, in batches: bounded memory whatever the block size
+    bands = np.asarray(block)[band_indices]
+    flat = values.reshape(nr * nc, spec.n_features)
+    for r in range(nr):
+        row_tiles = gather_tiles(bands, ro[r : r + 1], co, size)[0]  # (nc, B, S, S)
+        for c0 in range(0, nc, TILES_PER_BATCH):
+            c1 = min(c0 + TILES_PER_BATCH, nc)
+            v = None if valid_tiles is None else valid_tiles[r * nc + c0 : r * nc + c1]
+            flat[r * nc + c0 : r * nc + c1] = tile_features(row_tiles[c0:c1], v, spec, scale)
+    return values, fraction
+
+
+# ----------------------------------------------------------------------------------------------
+# Dask
+# ----------------------------------------------------------------------------------------------
+def _block_task(block, valid, ro, co, size, spec_dict, band_indices, scale) -> np.ndarray:
+    """One Dask task: features + valid fraction packed as (n_rows, n_cols, F + 1)."""
+    spec = FeatureSpec.from_dict(spec_dict)
+    values, fraction = block_features(block, valid, ro, co, size, spec, band_indices, scale)
+    return np.concatenate([values, fraction[..., None]], axis=-1)
+
+
+def features_dask(
+    image: Any,
+    valid: Any,
+    grid: TileGrid,
+    spec: FeatureSpec,
+    band_indices: list[int],
+    scale: float,
+    tiles_per_block: tuple[int, int] | None = None,
+) -> Any:
+    """Dask array (n_rows, n_cols, F + 1) float32: features, then the valid fraction as the last column.
+
+    ``image`` (bands, H, W) and ``valid`` (H, W) are Dask arrays over the survey (``valid`` may
+    be None). One task per block of ``tiles_per_block`` tiles (default: about one chunk of
+    ``image``); each reads its pixel window, including any halo from neighbouring chunks.
+    """
+    import dask
+    import dask.array as da
+
+    if tiles_per_block is None:
+        tiles_per_block = (
+            max(1, image.chunks[1][0] // grid.stride),
+            max(1, image.chunks[2][0] // grid.stride),
+        )
+    blocks = grid.blocks(tiles_per_block)
+    ro_all, co_all = grid.row_offsets, grid.col_offsets
+    spec_dict = spec.to_dict()
+    token = dask.base.tokenize(image, valid, grid.to_dict(), spec_dict, band_indices, scale, tiles_per_block)
+    pieces: dict[tuple[int, int], Any] = {}
+    row_starts = sorted({b.rows.start for b in blocks})
+    col_starts = sorted({b.cols.start for b in blocks})
+    for b in blocks:
+        w = b.window
+        ys, xs = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
+        ro = ro_all[b.rows] - w.row_off
+        co = co_all[b.cols] - w.col_off
+        i, j = row_starts.index(b.rows.start), col_starts.index(b.cols.start)
+        task = dask.delayed(_block_task, pure=True)(
+            image[:, ys, xs],
+            None if valid is None else valid[ys, xs],
+            ro,
+            co,
+            grid.size,
+            spec_dict,
+            list(band_indices),
+            scale,
+            dask_key_name=(f"tile-features-{token}", i, j),
+        )
+        shape = (len(ro), len(co), spec.n_features + 1)
+        pieces[(i, j)] = da.from_delayed(task, shape=shape, dtype=np.float32)
+    # depth-3 nesting: da.block joins the innermost lists along the last axis (the features)
+    return da.block([[[pieces[(i, j)]] for j in range(len(col_starts))] for i in range(len(row_starts))])
+
+
+def _compute(array: Any, client: Any, desc: str) -> Any:
+    """Compute ``array`` on ``client`` (or the default one, or local threads) with a progress bar."""
+    from pipeline.progress import progress_bar, wait_with_progress
+
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    if client is not None:
+        from distributed import futures_of
+
+        persisted = client.persist(array)
+        wait_with_progress(futures_of(persisted), desc, unit="block")
+        return persisted
+    import dask
+    from dask.callbacks import Callback
+
+    n_blocks = int(np.prod(array.numblocks))
+
+    class _Progress(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            if isinstance(key, tuple) and str(key[0]).startswith("tile-features-"):
+                bar.update(1)
+
+    with progress_bar(n_blocks, desc, unit="block") as bar, _Progress():
+        (result,) = dask.compute(array, scheduler="threads")
+    return result
+
+
+# ----------------------------------------------------------------------------------------------
+# The store
+# ----------------------------------------------------------------------------------------------
+def features_path(survey_id: str, spec: str | FeatureSpec = "default", stride: int = TRAINING_STRIDE, size: int = DEFAULT_TILE_SIZE) -> str:
+    """Path inside ``store.zarr`` of a survey's features: ``features/<survey>/<spec_id>/size<S>_stride<T>``."""
+    return f"features/{survey_id}/{get_spec(spec).id}/size{int(size)}_stride{int(stride)}"
+
+
+@dataclass
+class TileFeatures:
+    """The features of every tile of a survey on one grid.
+
+    ``values`` (n_rows, n_cols, F) float32, raw (unnormalized), NaN for tiles without a valid
+    pixel; ``valid_fraction`` (n_rows, n_cols) float32 in [0, 1] (0 = all nodata: skip).
+    ``values`` is a Zarr array when opened from the store (index it, or ``np.asarray`` it).
+    """
+
+    survey_id: str
+    spec: FeatureSpec
+    grid: TileGrid
+    values: Any
+    valid_fraction: np.ndarray
+    path: str | None = None
+
+    def as_table(self, min_valid: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(X (N, F) float32, rows (N,), cols (N,))`` for tiles whose valid fraction ≥ ``min_valid`` (row-major)."""
+        keep = (self.valid_fraction >= min_valid) & (self.valid_fraction > 0)
+        rows, cols = np.nonzero(keep)
+        values = np.asarray(self.values[...])
+        return values[rows, cols].astype(np.float32, copy=False), rows, cols
+
+
+def _zarr_root(store: Any):
+    import zarr
+
+    return zarr.open_group(store=str(store.zarr_path), mode="a")
+
+
+def _dir_of(store: Any, path: str):
+    return store.zarr_path / path
+
+
+def compute_features(
+    store: Any,
+    survey_id: str,
+    spec: str | FeatureSpec = "default",
+    stride: int = TRAINING_STRIDE,
+    size: int = DEFAULT_TILE_SIZE,
+    client: Any = None,
+    overwrite: bool = False,
+) -> TileFeatures:
+    """Compute and store the features of every tile of ``survey_id`` (see the module docstring).
+
+    Runs on ``client`` (a ``distributed.Client``), else on the current default client, else on
+    local threads. Features already stored for the same survey content, spec and grid are
+    reused unless ``overwrite``; features computed from an earlier version of the survey (a
+    re-ingested file) are replaced. Written to a temporary group renamed into place last, so an
+    interrupted run never leaves features that look complete.
+    """
+    import dask.array as da
+    import zarr
+
+    spec = get_spec(spec)
+    survey = store.survey(survey_id)
+    band_indices = spec_band_indices(spec, survey.bands, f"survey {survey_id}")
+    grid = TileGrid.for_survey(survey, size=size, stride=stride)
+    if size % spec.thumbnail:
+        raise InputError(
+            f"tile size {size} is not a multiple of the {spec.thumbnail}-cell thumbnail of feature spec "
+            f"{spec.id}; use a multiple of {spec.thumbnail} such as 128"
+        )
+    path = features_path(survey_id, spec, stride, size)
+    final_dir = _dir_of(store, path)
+    if final_dir.exists() and not overwrite:
+        try:
+            existing = open_features(store, survey_id, spec, stride, size)
+            attrs = dict(store.open_group(path).attrs)
+            if attrs.get("source_sha256") == survey.source_sha256 and existing.grid == grid:
+                return existing
+        except StoreError:
+            pass  # incomplete or unreadable leftovers: recompute over them
+
+    image = survey.image_dask()
+    valid = survey.valid_dask()
+    tiles_per_block = grid.tiles_per_chunk(survey.chunk_edge)
+    packed = features_dask(image, valid, grid, spec, band_indices, pixel_scale(survey.dtype), tiles_per_block)
+    packed = _compute(packed, client, f"features {survey_id}")
+
+    parent = path.rsplit("/", 1)[0]
+    tmp_name = f".tmp-{path.rsplit('/', 1)[1]}-{uuid.uuid4().hex[:8]}"
+    tmp_path = f"{parent}/{tmp_name}"
+    root = _zarr_root(store)
+    group = root.require_group(parent).create_group(tmp_name)
+    chunks = (tiles_per_block[0], tiles_per_block[1])
+    common = dict(compressors=zarr.codecs.ZstdCodec(level=3))
+    values = group.create_array(
+        "values",
+        shape=(*grid.shape, spec.n_features),
+        chunks=(*chunks, spec.n_features),
+        dtype=np.float32,
+        fill_value=np.nan,
+        dimension_names=["tile_row", "tile_col", "feature"],
+        attributes={"feature_names": list(spec.names), "units": "see the feature spec"},
+        **common,
+    )
+    fraction = group.create_array(
+        "valid_fraction",
+        shape=grid.shape,
+        chunks=chunks,
+        dtype=np.float32,
+        fill_value=0.0,
+        dimension_names=["tile_row", "tile_col"],
+        attributes={"description": "fraction of the tile's pixels that are not nodata"},
+        **common,
+    )
+    tmp_dir = _dir_of(store, tmp_path)
+    try:
+        da.store([packed[..., :-1], packed[..., -1]], [values, fraction], lock=False)
+        group.attrs.update(
+            {
+                "survey_id": survey_id,
+                "source_sha256": survey.source_sha256,
+                "feature_spec": spec.to_dict(),
+                "grid": grid.to_dict(),
+                "complete": True,  # written last: a group without it is an interrupted run
+            }
+        )
+        if final_dir.exists():
+            trash = final_dir.with_name(f".trash-{final_dir.name}-{uuid.uuid4().hex[:8]}")
+            final_dir.rename(trash)
+            tmp_dir.rename(final_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp_dir.rename(final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    return open_features(store, survey_id, spec, stride, size)
+
+
+def open_features(
+    store: Any,
+    survey_id: str,
+    spec: str | FeatureSpec = "default",
+    stride: int = TRAINING_STRIDE,
+    size: int = DEFAULT_TILE_SIZE,
+) -> TileFeatures:
+    """Open stored features (StoreError naming what exists if they were never computed)."""
+    spec = get_spec(spec)
+    path = features_path(survey_id, spec, stride, size)
+    group, complete = None, False
+    if _dir_of(store, path).is_dir():
+        group = store.open_group(path)
+        complete = bool(group.attrs.get("complete"))
+    if group is None or not complete:
+        available = sorted(
+            str(p.relative_to(store.zarr_path / "features" / survey_id))
+            for p in (store.zarr_path / "features" / survey_id).glob("*/size*_stride*")
+        ) if (store.zarr_path / "features" / survey_id).is_dir() else []
+        raise StoreError(
+            f"no complete features for survey {survey_id} with spec {spec.id}, tile size {size} and "
+            f"stride {stride} in the store at {store.zarr_path.parent} (available for this survey: "
+            f"{', '.join(available) or 'none'}); compute them with `damwatch features {survey_id} "
+            f"--spec {spec.name} --stride {stride}`"
+        )
+    stored_spec = FeatureSpec.from_dict(dict(group.attrs["feature_spec"]))
+    grid = TileGrid.from_dict(dict(group.attrs["grid"]))
+    return TileFeatures(
+        survey_id=survey_id,
+        spec=stored_spec,
+        grid=grid,
+        values=group["values"],
+        valid_fraction=np.asarray(group["valid_fraction"][...]),
+        path=path,
+    )
