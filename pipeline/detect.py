@@ -1,0 +1,326 @@
+"""Detection: a trained model's probability for every tile of a survey.
+
+A *prediction grid* holds one probability per tile of a survey's tile grid (see
+:mod:`pipeline.tiling`; the detection default is a half-tile stride of 64 px, so an object cut
+by one tile's edge is whole in a neighbour). Detection:
+
+1. takes the model's own feature spec and tile size (a model refuses features made with
+   another spec) and checks that the survey has the bands the spec needs;
+2. reuses the survey's features for that spec and grid if the store has them, else computes
+   them (:func:`pipeline.features.compute_features`);
+3. scores the tiles in parallel with Dask: one task per block of tile rows (at least ~100 ms of
+   work each), each reading its features from Zarr, standardizing them with the model's
+   training statistics and running the network forward;
+4. stores the probabilities at ``predictions/<model_id>/<survey_id>`` in the store: a
+   (tile_row, tile_col) float32 array, NaN where a tile was not scored (less than
+   ``min_valid`` of its pixels are valid), with the grid, spec, model threshold and survey
+   hash as attributes. It is written under a temporary name and renamed into place, so an
+   interrupted run never leaves a prediction grid that looks complete.
+
+Predictions already stored for the same model, survey content and grid are reused.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import InputError, StoreError
+from pipeline.tiling import DEFAULT_TILE_SIZE, DETECTION_STRIDE, TileGrid
+
+__all__ = [
+    "DETECTION_STRIDE",
+    "MIN_VALID_FRACTION",
+    "Predictions",
+    "resolve_model",
+    "model_tile_size",
+    "model_spec",
+    "check_model_bands",
+    "score_tiles",
+    "detect_survey",
+    "predictions_path",
+    "save_predictions",
+    "open_predictions",
+]
+
+#: Tiles with less than this fraction of valid pixels are not scored (NaN), as in training.
+MIN_VALID_FRACTION = 0.5
+#: Tiles per scoring task: ~16k tiles x ~1,100 float32 features is ~70 MB read and a few
+#: hundred ms of work per task (DESIGN decision 6: every task carries >= ~100 ms).
+TILES_PER_TASK = 16384
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """The probability of each tile of one survey under one model.
+
+    ``probabilities`` (n_rows, n_cols) float32 in [0, 1], NaN where the tile was not scored;
+    ``grid`` the survey's :class:`~pipeline.tiling.TileGrid`; ``threshold`` the model's
+    decision threshold; ``spec`` the feature spec (dict) the model was trained with.
+    """
+
+    survey_id: str
+    model_id: str
+    probabilities: np.ndarray
+    grid: TileGrid
+    threshold: float
+    spec: dict
+
+    @property
+    def path(self) -> str:
+        """Where the store keeps it: ``predictions/<model_id>/<survey_id>``."""
+        return predictions_path(self.model_id, self.survey_id)
+
+
+def predictions_path(model_id: str, survey_id: str) -> str:
+    return f"predictions/{model_id}/{survey_id}"
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+
+
+def resolve_model(store: Any, model: Any) -> Any:
+    """A :class:`ann.io.Classifier` from a Classifier, a model id in the store, or a model file path."""
+    from ann.io import Classifier, load_model
+
+    if isinstance(model, Classifier):
+        return model
+    text = str(model)
+    candidates = [Path(text)] if text.endswith((".json", ".npz")) else [Path(store.models_dir) / f"{text}.json"]
+    for path in candidates:
+        if path.is_file():
+            return load_model(path)
+    known = sorted(p.stem for p in Path(store.models_dir).glob("*.json")) if Path(store.models_dir).is_dir() else []
+    raise InputError(
+        f"model {text!r} is neither a model id in the store at {store.root if hasattr(store, 'root') else store.models_dir} "
+        f"nor a model file (.json/.npz); known model ids: {', '.join(known) or 'none'} "
+        f"(train one with `damwatch train`)"
+    )
+
+
+def _model_id(classifier: Any) -> str:
+    model_id = getattr(classifier, "model_id", None)
+    if not model_id:
+        raise InputError(
+            "the model has no id: save it first (ann.io.save_model(classifier, store.models_dir)) so "
+            "that predictions and maps can name the model that made them"
+        )
+    return str(model_id)
+
+
+def model_spec(classifier: Any):
+    """The :class:`~pipeline.features.FeatureSpec` a model was trained with."""
+    from pipeline.features import FeatureSpec
+
+    return FeatureSpec.from_dict(dict(classifier.feature_spec))
+
+
+def model_tile_size(classifier: Any) -> int:
+    """Tile edge (pixels) the model was trained on: from its metadata, else the default 128."""
+    meta = dict(getattr(classifier, "metadata", {}) or {})
+    for key in ("tile_size", "size"):
+        if key in meta:
+            return int(meta[key])
+    grid = meta.get("grid") or meta.get("tile_grid") or {}
+    return int(grid.get("size", DEFAULT_TILE_SIZE)) if isinstance(grid, dict) else DEFAULT_TILE_SIZE
+
+
+def check_model_bands(classifier: Any, survey: Any) -> None:
+    """Refuse a survey that lacks a band the model's feature spec is computed from."""
+    spec = model_spec(classifier)
+    missing = [b for b in spec.bands if b not in survey.bands]
+    if missing:
+        raise InputError(
+            f"model {getattr(classifier, 'model_id', '?')} was trained on feature spec {spec.id}, which "
+            f"needs bands {list(spec.bands)}, but survey {survey.id} has bands {list(survey.bands)} "
+            f"(missing: {', '.join(missing)}); use a model trained on a spec this survey's bands allow, "
+            f"or ingest the survey with its band names (damwatch ingest --bands)"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring
+
+
+def score_tiles(classifier: Any, values: np.ndarray, valid_fraction: np.ndarray, min_valid: float = MIN_VALID_FRACTION) -> np.ndarray:
+    """Probabilities (n, m) float32 of a block of tiles, NaN where not scored.
+
+    ``values`` (n, m, F) raw features; ``valid_fraction`` (n, m). The classifier standardizes
+    with its training statistics, then runs the network forward, on the scored tiles only.
+    """
+    values = np.asarray(values)
+    keep = (np.asarray(valid_fraction) >= min_valid) & (np.asarray(valid_fraction) > 0)
+    out = np.full(keep.shape, np.nan, dtype=np.float32)
+    if keep.any():
+        X = np.ascontiguousarray(values[keep], dtype=np.float32)  # (N, F)
+        out[keep] = classifier.predict_proba(X)
+    return out
+
+
+def _score_rows(values: Any, valid_fraction: np.ndarray, r0: int, r1: int, classifier: Any, min_valid: float) -> np.ndarray:
+    """One Dask task: read tile rows [r0, r1) of the features from Zarr and score them."""
+    block = np.asarray(values[r0:r1])  # (r1 - r0, n_cols, F)
+    return score_tiles(classifier, block, valid_fraction, min_valid)
+
+
+def _run(tasks: list, client: Any, desc: str) -> list:
+    """Compute Dask delayed ``tasks`` on ``client`` (or the default client, or local threads)."""
+    from pipeline.progress import progress_bar, wait_with_progress
+
+    if client is None:
+        try:
+            from distributed import default_client
+
+            client = default_client()
+        except (ImportError, ValueError):
+            client = None
+    if client is not None:
+        return wait_with_progress(client.compute(tasks), desc, unit="block")
+    import dask
+
+    with progress_bar(len(tasks), desc, unit="block") as bar:
+        results = list(dask.compute(*tasks, scheduler="threads"))
+        bar.update(len(tasks))
+    return results
+
+
+def detect_survey(
+    store: Any,
+    survey_id: str,
+    model: Any,
+    stride: int = DETECTION_STRIDE,
+    client: Any = None,
+    min_valid: float = MIN_VALID_FRACTION,
+    reuse: bool = True,
+) -> Predictions:
+    """Score every tile of ``survey_id`` with ``model`` and store the probabilities.
+
+    ``model`` is a :class:`ann.io.Classifier`, a model id in the store or a model file path;
+    ``stride`` in pixels (the tile size is the model's). Runs on ``client``, else on the
+    default Dask client, else on local threads. Returns the :class:`Predictions` (also
+    stored at ``predictions/<model_id>/<survey_id>``); stored ones for the same model, survey
+    content and grid are returned as they are unless ``reuse=False``.
+    """
+    import dask
+
+    from pipeline.features import compute_features
+
+    classifier = resolve_model(store, model)
+    model_id = _model_id(classifier)
+    survey = store.survey(survey_id)
+    check_model_bands(classifier, survey)
+    spec = model_spec(classifier)
+    size = model_tile_size(classifier)
+    grid = TileGrid.for_survey(survey, size=size, stride=int(stride))
+    if reuse:
+        try:
+            stored, attrs = _open(store, model_id, survey_id)
+            if stored.grid == grid and attrs.get("source_sha256") == survey.source_sha256 and attrs.get("min_valid") == min_valid:
+                return stored
+        except StoreError:
+            pass
+
+    features = compute_features(store, survey_id, spec, stride=int(stride), size=size, client=client)
+    classifier.check_feature_spec(features.spec.to_dict())
+    n_rows, n_cols = grid.shape
+    rows_per_task = max(1, TILES_PER_TASK // max(1, n_cols))
+    model_key = dask.delayed(classifier, name=f"model-{model_id}", pure=True)
+    tasks = []
+    for r0 in range(0, n_rows, rows_per_task):
+        r1 = min(n_rows, r0 + rows_per_task)
+        tasks.append(
+            dask.delayed(_score_rows, pure=True)(
+                features.values, features.valid_fraction[r0:r1], r0, r1, model_key, min_valid,
+                dask_key_name=f"score-{model_id}-{survey_id}-{r0}",
+            )
+        )
+    blocks = _run(tasks, client, f"scoring {survey_id}")
+    probabilities = np.concatenate(blocks, axis=0) if blocks else np.full(grid.shape, np.nan, np.float32)
+    predictions = Predictions(survey_id, model_id, probabilities, grid, float(classifier.threshold), spec.to_dict())
+    save_predictions(store, predictions, {"source_sha256": survey.source_sha256, "min_valid": min_valid,
+                                          "features": features.path})
+    return predictions
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+
+
+def save_predictions(store: Any, predictions: Predictions, extra_attrs: dict | None = None) -> None:
+    """Write ``predictions`` to ``predictions/<model_id>/<survey_id>`` (replacing any), atomically."""
+    import zarr
+
+    path = predictions.path
+    parent, name = path.rsplit("/", 1)
+    root = zarr.open_group(store=str(store.zarr_path), mode="a")
+    tmp_name = f".tmp-{name}-{uuid.uuid4().hex[:8]}"
+    group = root.require_group(parent)
+    p = np.asarray(predictions.probabilities, dtype=np.float32)
+    array = group.create_array(
+        tmp_name,
+        shape=p.shape,
+        chunks=tuple(min(1024, max(1, n)) for n in p.shape),
+        dtype=np.float32,
+        fill_value=np.nan,
+        compressors=zarr.codecs.ZstdCodec(level=3),
+        dimension_names=["tile_row", "tile_col"],
+        attributes={
+            "description": "tile probabilities, NaN where a tile was not scored",
+            "survey_id": predictions.survey_id,
+            "model_id": predictions.model_id,
+            "threshold": predictions.threshold,
+            "feature_spec": predictions.spec,
+            "grid": predictions.grid.to_dict(),
+            **(extra_attrs or {}),
+        },
+    )
+    array[...] = p
+    array.attrs["complete"] = True  # written last
+    tmp_dir = Path(store.zarr_path) / parent / tmp_name
+    final_dir = Path(store.zarr_path) / path
+    try:
+        if final_dir.exists():
+            trash = final_dir.with_name(f".trash-{name}-{uuid.uuid4().hex[:8]}")
+            final_dir.rename(trash)
+            tmp_dir.rename(final_dir)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp_dir.rename(final_dir)
+    except BaseException:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+
+
+def open_predictions(store: Any, model_id: str, survey_id: str) -> Predictions:
+    """Stored predictions (StoreError saying how to make them if absent)."""
+    return _open(store, model_id, survey_id)[0]
+
+
+def _open(store: Any, model_id: str, survey_id: str) -> tuple[Predictions, dict]:
+    import zarr
+
+    path = predictions_path(model_id, survey_id)
+    array = None
+    if (Path(store.zarr_path) / path).is_dir():
+        array = zarr.open_array(store=str(store.zarr_path), path=path, mode="r")
+    if array is None or not array.attrs.get("complete"):
+        raise StoreError(
+            f"no predictions of model {model_id} for survey {survey_id} in the store at {store.zarr_path}; "
+            f"make them with `damwatch detect {survey_id} --model {model_id}`"
+        )
+    attrs = dict(array.attrs)
+    return Predictions(
+        survey_id=survey_id,
+        model_id=model_id,
+        probabilities=np.asarray(array[...], dtype=np.float32),
+        grid=TileGrid.from_dict(attrs["grid"]),
+        threshold=float(attrs["threshold"]),
+        spec=dict(attrs["feature_spec"]),
+    ), attrs
