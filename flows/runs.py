@@ -1,0 +1,246 @@
+"""Run records: what one flow run did, on disk (``runs/<run_id>/``) and as Prefect artifacts.
+
+A *run* is one execution of a damwatch flow. Its directory ``<store>/runs/<run_id>/`` holds the
+maps and reports the run wrote, ``summary.json`` (the run's figures) and ``provenance.json``
+(flow, parameters, Prefect flow-run id, package versions, and every stage with its input
+fingerprint, whether it ran or was skipped, and its seconds). The run id is
+``<UTC start, YYYYmmddTHHMMSSZ>-<flow>-<first 8 hex digits of the Prefect flow-run id>``: it
+sorts by time, says what ran, and leads back to the run in the Prefect UI.
+
+The same facts go to Prefect as artifacts, keyed by flow so the UI shows their history:
+``<flow>-summary`` (markdown), ``<flow>-top-detections`` (table) and ``<flow>-maps``
+(markdown list of the output paths).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from pipeline import __version__
+from pipeline.store import Store
+
+__all__ = ["RunRecord", "artifact_key", "markdown_table", "top_detections"]
+
+
+def artifact_key(flow: str, what: str) -> str:
+    """Prefect artifact keys allow lower-case letters, digits and dashes only."""
+    return f"{flow}-{what}".lower().replace("_", "-")
+
+
+def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    if not rows:
+        return "_none_"
+    columns = list(columns or rows[0].keys())
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = []
+        for c in columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def top_detections(geojson_paths: Iterable[str | os.PathLike], n: int = 10) -> list[dict]:
+    """The ``n`` detections with the highest peak probability across GeoJSON files.
+
+    Each row: survey, detection id, peak and mean probability, tile count, confidence and the
+    centre (longitude, latitude) of its bounding box.
+    """
+    rows = []
+    for path in geojson_paths:
+        path = Path(path)
+        if not path.is_file():
+            continue
+        for feature in json.loads(path.read_text()).get("features", []):
+            props = feature.get("properties", {})
+            coords = list(_coordinates(feature.get("geometry") or {}))
+            lon = (min(c[0] for c in coords) + max(c[0] for c in coords)) / 2 if coords else None
+            lat = (min(c[1] for c in coords) + max(c[1] for c in coords)) / 2 if coords else None
+            peak = props.get("peak_probability", props.get("probability"))
+            rows.append(
+                {
+                    "survey": props.get("survey_id", ""),
+                    "id": props.get("id", feature.get("id", "")),
+                    "peak_probability": float(peak) if peak is not None else float("nan"),
+                    "mean_probability": float(props.get("mean_probability", peak if peak is not None else "nan")),
+                    "tiles": props.get("n_tiles", props.get("tiles", 1)),
+                    "confidence": props.get("confidence", ""),
+                    "lon": round(lon, 6) if lon is not None else None,
+                    "lat": round(lat, 6) if lat is not None else None,
+                }
+            )
+    rows.sort(key=lambda r: -r["peak_probability"] if r["peak_probability"] == r["peak_probability"] else 0)
+    return rows[:n]
+
+
+def _coordinates(geometry: Mapping[str, Any]):
+    def walk(c):
+        if c and isinstance(c[0], (int, float)):
+            yield c
+        else:
+            for part in c:
+                yield from walk(part)
+
+    if geometry.get("type") == "GeometryCollection":
+        for g in geometry.get("geometries", []):
+            yield from _coordinates(g)
+    else:
+        yield from walk(geometry.get("coordinates", []))
+
+
+def _prefect_run() -> tuple[str | None, str | None]:
+    try:
+        from prefect.runtime import flow_run
+
+        return flow_run.get_id(), flow_run.get_name()
+    except Exception:  # outside a flow run
+        return None, None
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"damwatch": __version__, "python": platform.python_version()}
+    for name in ("prefect", "dask", "distributed", "zarr", "numpy", "rasterio"):
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return found
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+class RunRecord:
+    """The record of one flow run; create it at the start of the flow, ``finish`` it at the end."""
+
+    def __init__(self, store: Store, flow: str, parameters: Mapping[str, Any]):
+        self.store = store
+        self.flow = flow
+        self.parameters = dict(parameters)
+        self.started = dt.datetime.now(dt.timezone.utc)
+        self._t0 = time.perf_counter()
+        self.prefect_id, self.prefect_name = _prefect_run()
+        short = (self.prefect_id or uuid.uuid4().hex).replace("-", "")[:8]
+        self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{flow.replace('_', '-')}-{short}"
+        self.dir = store.runs_dir / self.run_id
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.stages: list[dict] = []
+
+    def add(self, outcome: Mapping[str, Any]) -> dict:
+        """Note a stage outcome (the dict a stage task returns); returns it."""
+        self.stages.append(dict(outcome))
+        return dict(outcome)
+
+    @contextlib.contextmanager
+    def failing(self) -> Iterator[None]:
+        """On an exception inside the block, write ``provenance.json`` with the error, re-raise."""
+        try:
+            yield
+        except BaseException as exc:
+            self._write_provenance(error=f"{type(exc).__name__}: {exc}")
+            raise
+
+    def seconds(self) -> dict[str, float]:
+        """Seconds per stage name, summed over subjects (skipped stages count 0)."""
+        totals: dict[str, float] = {}
+        for s in self.stages:
+            totals[s["stage"]] = round(totals.get(s["stage"], 0.0) + float(s.get("seconds", 0.0)), 3)
+        return totals
+
+    def finish(
+        self,
+        summary: Mapping[str, Any],
+        headline: Sequence[str] = (),
+        detections: Sequence[Mapping[str, Any]] = (),
+        maps: Mapping[str, str] | None = None,
+    ) -> dict:
+        """Write ``summary.json`` and ``provenance.json`` and create the Prefect artifacts.
+
+        ``headline`` lines open the markdown summary (surveys, tiles, detections, change
+        counts, metrics); ``detections`` are rows for the top-detections table; ``maps`` names
+        output paths (label -> path).
+        """
+        maps = dict(maps or {})
+        full = {
+            "run_id": self.run_id,
+            "flow": self.flow,
+            "run_dir": str(self.dir),
+            **dict(summary),
+            "stages": [
+                {k: s.get(k) for k in ("stage", "subject", "status", "seconds")} for s in self.stages
+            ],
+            "seconds": {**self.seconds(), "total": round(time.perf_counter() - self._t0, 3)},
+            "maps": maps,
+        }
+        _write_json(self.dir / "summary.json", full)
+        self._write_provenance(error=None)
+        self._artifacts(full, headline, detections, maps)
+        return full
+
+    def _write_provenance(self, error: str | None) -> None:
+        _write_json(
+            self.dir / "provenance.json",
+            {
+                "run_id": self.run_id,
+                "flow": self.flow,
+                "status": "failed" if error else "completed",
+                "error": error,
+                "parameters": self.parameters,
+                "prefect_flow_run_id": self.prefect_id,
+                "prefect_flow_run_name": self.prefect_name,
+                "started": self.started.isoformat(timespec="seconds"),
+                "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "host": socket.gethostname(),
+                "store": str(self.store.root.resolve()),
+                "versions": _versions(),
+                "stages": self.stages,
+            },
+        )
+
+    def _artifacts(self, summary, headline, detections, maps) -> None:
+        if self.prefect_id is None:
+            return
+        from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+        stage_rows = [
+            {
+                "stage": s["stage"],
+                "subject": s.get("subject", ""),
+                "status": s.get("status", ""),
+                "seconds": float(s.get("seconds", 0.0)),
+            }
+            for s in self.stages
+        ]
+        lines = [f"# {self.flow} — run `{self.run_id}`", ""]
+        lines += [f"- {line}" for line in headline]
+        lines += ["", "## Stages", "", markdown_table(stage_rows)]
+        lines += ["", f"Outputs and provenance: `{self.dir}`"]
+        create_markdown_artifact(
+            "\n".join(lines), key=artifact_key(self.flow, "summary"), description=f"{self.flow} run summary"
+        )
+        create_table_artifact(
+            [dict(d) for d in detections] or [{"detections": "none"}],
+            key=artifact_key(self.flow, "top-detections"),
+            description="Detections with the highest peak probability",
+        )
+        map_lines = [f"# Outputs of run `{self.run_id}`", "", f"- run directory: `{self.dir}`"]
+        map_lines += [f"- {label}: `{path}`" for label, path in maps.items()]
+        create_markdown_artifact(
+            "\n".join(map_lines), key=artifact_key(self.flow, "maps"), description="Paths of the maps and reports"
+        )

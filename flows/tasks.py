@@ -1,0 +1,300 @@
+"""Prefect tasks: one task per pipeline stage over a whole survey.
+
+A task is coarse (DESIGN decision 1): ingest one GeoTIFF, compute one survey's features, train
+one model, score one survey, compare two surveys. Inside it, the stage submits its Dask graph
+through the flow's *cluster session*: a Dask client opened lazily on the first stage that needs
+one and closed when the flow ends — a LocalCluster by default, or the scheduler given by
+``--cluster`` / ``$DAMWATCH_CLUSTER``. A flow run in which every stage is skipped starts no
+cluster at all.
+
+Tasks take store paths, ids and settings, never arrays (Prefect would pickle and hash them), and
+return a small *outcome* dict: ``stage``, ``subject``, ``status`` (``"done"`` or ``"skipped"``),
+``seconds``, ``fingerprint`` and ``outputs``.
+
+Retries: a task is retried (twice, after 2 s then 10 s) only for transient failures — I/O errors
+(``OSError``), a lost Dask worker or connection, a timeout. A :class:`DamwatchError` or an
+:class:`AnnError` is bad input: retrying cannot fix it, so the task fails at once.
+
+Skipping: each task fingerprints its inputs and skips when the stage ledger
+(:mod:`flows.resume`) holds a record with the same fingerprint whose outputs still exist, with a
+log line saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from ann.errors import AnnError
+from flows.resume import StageLedger, fingerprint
+from pipeline.errors import DamwatchError
+from pipeline.store import Store, file_sha256, survey_id_for
+
+__all__ = [
+    "RETRY",
+    "cluster_session",
+    "stage_client",
+    "is_transient",
+    "retry_transient",
+    "run_stage",
+    "ingest_task",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Retries
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for failures that may succeed on a second try; never for bad input."""
+    if isinstance(exc, (DamwatchError, AnnError)):
+        return False
+    transient: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
+    try:
+        from distributed.client import FutureCancelledError
+        from distributed.scheduler import KilledWorker
+
+        transient += (KilledWorker, FutureCancelledError)
+    except ImportError:  # pragma: no cover
+        pass
+    return isinstance(exc, transient)
+
+
+def retry_transient(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn``: retry only when the task failed with a transient error."""
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as exc:  # noqa: BLE001 - we classify, not handle
+        return is_transient(exc)
+    return False
+
+
+#: The retry policy every stage task carries in its decorator.
+RETRY = dict(retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
+
+
+# ---------------------------------------------------------------------------------------------
+# The cluster session
+
+
+class _Session:
+    def __init__(self, address: str | None, workers: int | None):
+        self.address = address
+        self.workers = workers
+        self._stack = contextlib.ExitStack()
+        self._client = None
+
+    def client(self):
+        if self._client is None:
+            import distributed  # noqa: F401 - configures its loggers on import; quiet them after
+
+            from pipeline.cluster import dask_client
+
+            # The scheduler's and nannies' start/stop chatter (INFO) would drown the stage logs.
+            quiet = logging.getLogger("distributed")
+            level = quiet.level
+            quiet.setLevel(logging.WARNING)
+            self._stack.callback(quiet.setLevel, level)
+            self._client = self._stack.enter_context(dask_client(self.address, n_workers=self.workers))
+        return self._client
+
+    def close(self) -> None:
+        self._client = None
+        self._stack.close()
+
+
+_SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("damwatch_cluster", default=None)
+
+
+@contextlib.contextmanager
+def cluster_session(address: str | None = None, workers: int | None = None) -> Iterator[None]:
+    """Give the stage tasks inside this block one shared Dask client, started on first use.
+
+    Nested sessions (a subflow inside a flow) reuse the outer one.
+    """
+    if _SESSION.get() is not None:
+        yield
+        return
+    session = _Session(address, workers)
+    token = _SESSION.set(session)
+    try:
+        yield
+    finally:
+        _SESSION.reset(token)
+        session.close()
+
+
+@contextlib.contextmanager
+def stage_client() -> Iterator[Any]:
+    """The session's Dask client; outside a session, a client opened for this call only."""
+    session = _SESSION.get()
+    if session is not None:
+        yield session.client()
+        return
+    from pipeline.cluster import dask_client
+
+    with dask_client() as client:
+        yield client
+
+
+# ---------------------------------------------------------------------------------------------
+# Skipping stages whose inputs have not changed
+
+
+def run_stage(
+    store: Store,
+    stage: str,
+    subject: str,
+    inputs: Mapping[str, Any],
+    outputs_exist: Callable[[Mapping[str, Any]], bool],
+    work: Callable[[], Mapping[str, Any]],
+    run_id: str | None = None,
+    existing: Callable[[], Mapping[str, Any] | None] | None = None,
+) -> dict:
+    """Run ``work()`` unless a record with the same input fingerprint has outputs that still exist.
+
+    ``work`` returns the stage's outputs (JSON-able: ids, paths, counts, metrics); they are
+    recorded after it returns, so a crash inside it leaves nothing that looks finished.
+    ``existing``, when given, returns the outputs the store already holds for exactly these
+    inputs although no record says so (made by a command outside the flows), or None.
+    """
+    logger = get_run_logger()
+    ledger = StageLedger(store.root / "state" / "stages")
+    fp = fingerprint(inputs)
+    record = ledger.lookup(stage, subject, fp)
+    if record is None and existing is not None and (found := existing()) is not None:
+        record = ledger.record(stage, subject, fp, inputs, found, run_id)
+        logger.info("%s %s: already in the store with these inputs (fingerprint %s), skipped", stage, subject, fp)
+    elif record is not None and outputs_exist(record["outputs"]):
+        logger.info(
+            "%s %s: inputs unchanged since run %s (fingerprint %s), skipped",
+            stage,
+            subject,
+            record.get("run_id"),
+            fp,
+        )
+    else:
+        record = None
+    if record is not None:
+        return {
+            "stage": stage,
+            "subject": subject,
+            "status": "skipped",
+            "seconds": 0.0,
+            "fingerprint": fp,
+            "outputs": record["outputs"],
+            "inputs": dict(inputs),
+            "from_run": record.get("run_id"),
+        }
+    t0 = time.perf_counter()
+    outputs = dict(work())
+    seconds = round(time.perf_counter() - t0, 3)
+    ledger.record(stage, subject, fp, inputs, outputs, run_id)
+    logger.info("%s %s: done in %.1f s", stage, subject, seconds)
+    return {
+        "stage": stage,
+        "subject": subject,
+        "status": "done",
+        "seconds": seconds,
+        "fingerprint": fp,
+        "outputs": outputs,
+        "inputs": dict(inputs),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# Stage tasks
+
+
+@task(name="ingest", **RETRY)
+def ingest_task(
+    store_root: str,
+    path: str,
+    area: str,
+    date: str,
+    sha256: str | None = None,
+    bands: list[str] | None = None,
+    overwrite: bool = False,
+    run_id: str | None = None,
+) -> dict:
+    """Ingest the GeoTIFF at ``path`` as survey ``<area>-<date>`` (skipped when already there)."""
+    from pipeline.store import ingest
+
+    store = Store(store_root)
+    survey_id = survey_id_for(area, date)
+    if not Path(path).is_file():
+        from pipeline.errors import InputError
+
+        raise InputError(f"survey file {path} does not exist; check the path (or the inbox)")
+    sha = sha256 or file_sha256(path)
+    inputs = {"sha256": sha, "area": area, "date": str(date), "bands": list(bands) if bands else None}
+
+    def facts(survey) -> dict:
+        return {"survey_id": survey.id, "height": survey.height, "width": survey.width, "bands": list(survey.bands)}
+
+    def in_store(outputs: Mapping[str, Any] | None = None) -> bool:
+        # The store's own completion marker, and the same source bytes.
+        if survey_id not in store.survey_ids():
+            return False
+        survey = store.survey(survey_id)
+        return survey.source_sha256 == sha and (not bands or tuple(bands) == survey.bands)
+
+    def work() -> dict:
+        with stage_client() as client:
+            result = ingest(path, area, date, store, bands=bands, overwrite=overwrite, client=client)
+        return {**facts(result.survey), "status": result.status}
+
+    def existing() -> dict | None:
+        return {**facts(store.survey(survey_id)), "status": "unchanged"} if in_store() else None
+
+    return run_stage(store, "ingest", survey_id, inputs, in_store, work, run_id, existing)
+
+
+@task(name="features", **RETRY)
+def features_task(
+    store_root: str,
+    survey_id: str,
+    spec: str = "default",
+    stride: int = 128,
+    size: int = 128,
+    run_id: str | None = None,
+) -> dict:
+    """Compute the per-tile features of ``survey_id`` on a ``size``/``stride`` grid (pixels)."""
+    from pipeline.features import compute_features, features_path, get_spec, open_features
+
+    store = Store(store_root)
+    survey = store.survey(survey_id)
+    spec_id = get_spec(spec).id
+    inputs = {"source_sha256": survey.source_sha256, "spec": spec_id, "stride": stride, "size": size}
+    subject = f"{survey_id}/{spec_id}/size{size}_stride{stride}"
+
+    def facts(tf) -> dict:
+        return {
+            "survey_id": survey_id,
+            "path": features_path(survey_id, spec_id, stride, size),
+            "grid": list(tf.grid.shape),
+            "tiles": int(tf.valid_fraction.size),
+            "valid_tiles": int((tf.valid_fraction > 0).sum()),
+        }
+
+    def stored() -> dict | None:
+        try:
+            tf = open_features(store, survey_id, spec_id, stride, size)
+        except DamwatchError:
+            return None
+        same_source = store.open_group(tf.path).attrs.get("source_sha256") == survey.source_sha256
+        return facts(tf) if same_source else None
+
+    def work() -> dict:
+        with stage_client() as client:
+            return facts(compute_features(store, survey_id, spec_id, stride=stride, size=size, client=client))
+
+    return run_stage(store, "features", subject, inputs, lambda _: stored() is not None, work, run_id, stored)

@@ -1,0 +1,132 @@
+"""The ``watch`` flow: process the GeoTIFFs that arrived in an inbox since the last run.
+
+Each run lists the inbox (see :mod:`flows.inbox` for how a file's area and date are found and
+how content hashes, claims and done records work), and runs :func:`flows.survey_pipeline.survey_pipeline`
+as a subflow on each file whose content has not been processed yet and that no other run is
+processing now. A run with nothing new does nothing (no cluster is started) and says so.
+
+A file that is bad input (:class:`DamwatchError` / :class:`AnnError`) is recorded as failed
+and not retried until its record is removed; any other failure releases the claim so that the
+next run tries again, and marks this run as failed once the other files are done.
+
+Served on a schedule by ``damwatch serve`` (``flows/deployments.py``) or a work pool
+(``deploy/prefect.yaml``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger
+
+from ann.errors import AnnError
+from flows.inbox import Ledger, scan_inbox
+from flows.runs import RunRecord, top_detections
+from flows.survey_pipeline import survey_pipeline
+from pipeline.errors import DamwatchError
+from pipeline.store import Store, file_sha256
+
+__all__ = ["watch_flow"]
+
+
+@flow(name="watch")
+def watch_flow(
+    inbox: str,
+    store: str | None = None,
+    model: str | None = None,
+    spec: str = "default",
+    stride: int = 64,
+    settle_seconds: float = 10.0,
+    cluster: str | None = None,
+    workers: int | None = None,
+) -> dict:
+    """Run the survey pipeline on every new GeoTIFF in ``inbox``.
+
+    ``settle_seconds``: files modified more recently than this are left for the next run (they
+    may still be being copied). ``model``: model id, or ``"latest"``, or None (ingest and
+    features only). Other parameters as for ``survey_pipeline``.
+    """
+    params = dict(locals())
+    logger = get_run_logger()
+    st = Store(store)
+    run = RunRecord(st, "watch", params)
+    ledger = Ledger(st.root / "state" / "watch")
+    processed, skipped, failed, errors, unknown = [], [], [], [], []
+    with run.failing():
+        files = scan_inbox(Path(inbox), settle_seconds)
+        for item in files:
+            name = item.path.name
+            if not item.understood:
+                logger.warning("%s: area and date unknown (%s); left alone", name, item.source)
+                unknown.append({"file": name, "reason": item.source})
+                continue
+            sha = file_sha256(item.path)
+            if (seen := ledger.status(sha)) is not None:
+                logger.info("%s: already %s (sha256 %s…), skipped", name, seen["state"], sha[:12])
+                skipped.append({"file": name, "sha256": sha, "reason": seen["state"]})
+                continue
+            if not ledger.claim(sha, item.path, run.run_id):
+                holder = ledger.holder(sha) or {}
+                logger.info("%s: being processed by run %s, skipped", name, holder.get("run"))
+                skipped.append({"file": name, "sha256": sha, "reason": f"claimed by {holder.get('run')}"})
+                continue
+            if (seen := ledger.status(sha)) is not None:  # finished by another run meanwhile
+                ledger.release(sha)
+                skipped.append({"file": name, "sha256": sha, "reason": seen["state"]})
+                continue
+            record = {"file": name, "sha256": sha, "area": item.area, "date": item.date.isoformat(), "run": run.run_id}
+            try:
+                result = survey_pipeline(
+                    path=str(item.path),
+                    area=item.area,
+                    date=item.date.isoformat(),
+                    store=str(st.root),
+                    model=model,
+                    spec=spec,
+                    stride=stride,
+                    sha256=sha,
+                    cluster=cluster,
+                    workers=workers,
+                )
+            except (DamwatchError, AnnError) as exc:
+                logger.error("%s: bad input, not retried until %s is removed: %s", name, ledger.failed, exc)
+                ledger.mark_failed(sha, {**record, "error": str(exc)})
+                failed.append({**record, "error": str(exc)})
+            except Exception as exc:  # transient or a bug: let the next run try again
+                logger.error("%s: failed (%s: %s); released for the next run", name, type(exc).__name__, exc)
+                ledger.release(sha)
+                errors.append({**record, "error": f"{type(exc).__name__}: {exc}"})
+            else:
+                done = {**record, "survey_id": result["survey_id"], "pipeline_run": result["run_id"]}
+                ledger.mark_done(sha, {**done, "pipeline_run_dir": result["run_dir"]})
+                processed.append({**done, "summary": result})
+        if not processed and not failed and not errors:
+            logger.info("inbox %s: nothing new (%d file(s) seen)", inbox, len(files))
+
+    detections = top_detections(
+        [p for item in processed for key, p in item["summary"].get("maps", {}).items() if key.endswith("detections")]
+    )
+    summary = run.finish(
+        {
+            "inbox": str(inbox),
+            "processed": [{k: v for k, v in p.items() if k != "summary"} for p in processed],
+            "skipped": skipped,
+            "failed": failed,
+            "errors": errors,
+            "unknown": unknown,
+        },
+        headline=[
+            f"inbox `{inbox}`: {len(files)} GeoTIFF(s)",
+            f"processed: {', '.join(p['survey_id'] for p in processed) or 'none'}",
+            f"skipped (already done or claimed): {len(skipped)}; bad input: {len(failed)}; "
+            f"errors: {len(errors)}; area/date unknown: {len(unknown)}",
+        ],
+        detections=detections,
+        maps={f"{p['survey_id']} run": p["summary"]["run_dir"] for p in processed},
+    )
+    if errors:
+        raise RuntimeError(
+            f"{len(errors)} inbox file(s) failed and were released for the next run: "
+            + "; ".join(f"{e['file']}: {e['error']}" for e in errors)
+        )
+    return summary

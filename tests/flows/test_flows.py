@@ -1,0 +1,136 @@
+"""The ingest and survey_pipeline flows under Prefect's test harness, on small rasters.
+
+References: the pixels in the store against the GeoTIFF read by rasterio; the features a flow
+stores against the same pipeline function called directly on another store; skip/redo decisions
+against the stage records and the store's own timestamps.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from flows.ingest import ingest_flow
+from flows.survey_pipeline import survey_pipeline
+from pipeline.errors import InputError
+from pipeline.store import Store
+
+
+@pytest.fixture
+def cluster(dask_client):
+    """The session's LocalCluster, passed to flows as --cluster (saves a cluster start per flow)."""
+    return dask_client.scheduler.address
+
+
+def artifacts_of(flow_run_id: str) -> dict[str, object]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))
+    return {a.key: a for a in found}
+
+
+def test_ingest_flow_stores_the_pixels_and_records_the_run(prefect, tmp_path, write_survey, cluster):
+    pixels = write_survey(tmp_path / "creek_2024-06-01.tif")
+    result = ingest_flow(str(tmp_path / "creek_2024-06-01.tif"), "creek", "2024-06-01", store=str(tmp_path / "st"), cluster=cluster)
+
+    store = Store(tmp_path / "st")
+    survey = store.survey("creek-2024-06-01")
+    np.testing.assert_array_equal(survey.image()[...], pixels)
+
+    run_dir = store.runs_dir / result["run_id"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert summary["survey_id"] == "creek-2024-06-01"
+    assert summary["stages"] == [{"stage": "ingest", "subject": "creek-2024-06-01", "status": "done", "seconds": summary["seconds"]["ingest"]}]
+    assert provenance["status"] == "completed"
+    assert provenance["parameters"]["area"] == "creek"
+    assert provenance["stages"][0]["inputs"]["sha256"] == survey.source_sha256
+
+    artifacts = artifacts_of(provenance["prefect_flow_run_id"])
+    assert set(artifacts) == {"ingest-summary", "ingest-top-detections", "ingest-maps"}
+    assert "creek-2024-06-01" in artifacts["ingest-summary"].data
+    assert str(run_dir) in artifacts["ingest-maps"].data
+
+
+def test_unchanged_inputs_skip_the_stage_and_changed_inputs_redo_it(prefect, tmp_path, write_survey, cluster, caplog):
+    path = tmp_path / "creek_2024-06-01.tif"
+    write_survey(path, seed=1)
+    store = Store(tmp_path / "st")
+    ingest_flow(str(path), "creek", "2024-06-01", store=str(store.root), cluster=cluster)
+    first = store.survey("creek-2024-06-01").ingested_at
+
+    again = ingest_flow(str(path), "creek", "2024-06-01", store=str(store.root), cluster=cluster)
+    assert again["stages"][0]["status"] == "skipped"
+    assert "inputs unchanged since run" in caplog.text
+    assert store.survey("creek-2024-06-01").ingested_at == first  # the store was not touched
+
+    pixels = write_survey(path, seed=2)  # new bytes under the same name: a new fingerprint
+    redone = ingest_flow(str(path), "creek", "2024-06-01", store=str(store.root), overwrite=True, cluster=cluster)
+    assert redone["stages"][0]["status"] == "done" and redone["ingest"]["status"] == "replaced"
+    np.testing.assert_array_equal(store.survey("creek-2024-06-01").image()[...], pixels)
+
+
+def test_rerun_after_a_crash_redoes_only_the_stage_that_did_not_finish(prefect, tmp_path, write_survey, cluster, monkeypatch):
+    import pipeline.features
+
+    path = tmp_path / "creek_2024-06-01.tif"
+    write_survey(path, height=260, width=390, seed=3)
+    store = Store(tmp_path / "st")
+    real = pipeline.features.compute_features
+
+    def crash(*args, **kwargs):
+        raise RuntimeError("worker machine rebooted")  # not transient by our rule: no retry
+
+    monkeypatch.setattr(pipeline.features, "compute_features", crash)
+    with pytest.raises(RuntimeError, match="rebooted"):
+        survey_pipeline(str(path), "creek", "2024-06-01", store=str(store.root), stride=128, cluster=cluster)
+    failed_run = max(store.runs_dir.iterdir())
+    assert json.loads((failed_run / "provenance.json").read_text())["status"] == "failed"
+
+    monkeypatch.setattr(pipeline.features, "compute_features", real)
+    result = survey_pipeline(str(path), "creek", "2024-06-01", store=str(store.root), stride=128, cluster=cluster)
+    assert [(s["stage"], s["status"]) for s in result["stages"]] == [("ingest", "skipped"), ("features", "done")]
+
+    # The stored features equal the pipeline function's on a store of our own.
+    reference_store = Store(tmp_path / "reference")
+    from pipeline.store import ingest
+
+    ingest(path, "creek", "2024-06-01", reference_store)
+    expected = real(reference_store, "creek-2024-06-01", "default", stride=128)
+    got = pipeline.features.open_features(store, "creek-2024-06-01", "default", stride=128)
+    np.testing.assert_array_equal(np.asarray(got.values[...]), np.asarray(expected.values[...]))
+    assert result["features"]["grid"] == list(expected.grid.shape)
+
+
+def test_transient_failures_are_retried_and_bad_input_is_not(prefect, tmp_path, write_survey, cluster, monkeypatch):
+    import pipeline.store
+
+    path = tmp_path / "creek_2024-06-01.tif"
+    write_survey(path, seed=4)
+    real = pipeline.store.ingest
+    calls = []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise OSError("NFS hiccup")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline.store, "ingest", flaky)
+    result = ingest_flow(str(path), "creek", "2024-06-01", store=str(tmp_path / "st"), cluster=cluster)
+    assert len(calls) == 2 and result["ingest"]["status"] == "ingested"
+
+    calls.clear()
+
+    def refuse(*args, **kwargs):
+        calls.append(1)
+        raise InputError("input is not a raster")
+
+    monkeypatch.setattr(pipeline.store, "ingest", refuse)
+    with pytest.raises(InputError, match="not a raster"):
+        ingest_flow(str(path), "creek", "2024-06-02", store=str(tmp_path / "st"), cluster=cluster)
+    assert len(calls) == 1
