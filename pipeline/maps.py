@@ -76,6 +76,7 @@ __all__ = [
     "truth_points",
     "truth_tile_labels",
     "detection_metrics",
+    "refuse_existing_results",
     "atomic_output_dir",
     "file_sha256",
     "write_json",
@@ -756,6 +757,23 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     return Path(path)
 
 
+def refuse_existing_results(out_dir: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Raise :class:`InputError` if ``out_dir`` is a file, or holds anything and not ``overwrite``.
+
+    Commands call it before any work, so a refused run costs nothing.
+    """
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"output {out_dir} is a file, not a directory; give another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        held = ", ".join(sorted(p.name for p in out_dir.iterdir())[:5])
+        raise InputError(
+            f"output directory {out_dir} already holds results ({held}); pass --overwrite to "
+            f"replace them, or give another --out"
+        )
+    return out_dir
+
+
 @contextlib.contextmanager
 def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a fresh temporary directory that becomes ``out_dir`` only if the block succeeds.
@@ -764,14 +782,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
     ``overwrite``; then the old directory is replaced only once the new one is complete. On
     any error the temporary directory is removed and ``out_dir`` is left as it was.
     """
-    out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise InputError(f"output {out_dir} is a file, not a directory; give another --out")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise InputError(
-            f"output directory {out_dir} already holds results ({', '.join(sorted(p.name for p in out_dir.iterdir())[:5])}); "
-            f"pass --overwrite to replace them, or give another --out"
-        )
+    out_dir = refuse_existing_results(out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()

@@ -1,0 +1,92 @@
+"""Compare two surveys of one area: which detections are new, gone or persisting.
+
+Both surveys are scored with the model (stored predictions are reused) and read on one grid in
+map coordinates, never by array index, because real surveys are off by metres and a row:
+square cells of stride x pixel size (e.g. 64 px x 0.5 m = 32 m), aligned on the CRS, over the
+intersection of the two extents. A survey's probability in a cell is the mean of its tiles
+containing the cell's centre. Each cell is then classed, with hysteresis so that noise around
+one threshold does not flicker (defaults --high 0.7, --low 0.3, --min-difference 0.3):
+
+  new         after >= high, before <= low, and a rise of at least min-difference
+  gone        before >= high, after <= low, and a fall of at least min-difference
+  persisting  above low on both dates and >= high on at least one
+  none        anything else
+
+The surveys must be of the same area, overlap, share a CRS (or pass --reproject: the grid is
+then on BEFORE's CRS) and have the bands the model needs. Written into --out (default:
+<store>/runs/change-<BEFORE>-<AFTER>-<MODEL>), all or nothing:
+
+  change.tif        COG of class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata)
+                    with a colour table
+  change.geojson    RFC 7946: one polygon per new/gone/persisting cell with both probabilities
+  change.png        before, after and change side by side
+  provenance.json   input hashes, model id, thresholds, grids, damwatch version
+  metrics.json      with --truth: precision, recall, f1 and iou for each change class
+
+  damwatch change creek-2023-06-01 creek-2024-06-01 --model 3f9a2c1d
+  damwatch change creek-2023-06-01 creek-2024-06-01 --model 3f9a2c1d --truth synth/creek-truth.geojson
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.commands._common import add_cluster_arguments, add_store_argument, open_store
+
+NAME = "change"
+HELP = "compare two dates of one area: new, gone and persisting detections"
+ORDER = 41
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("before", metavar="BEFORE", help="survey id of the earlier date")
+    parser.add_argument("after", metavar="AFTER", help="survey id of the later date")
+    parser.add_argument("--model", required=True, help="model id in the store (or a model .json/.npz path)")
+    parser.add_argument("--stride", type=int, default=64, metavar="N", help="tile stride in pixels (default: 64)")
+    parser.add_argument("--high", type=float, default=0.7, help="probability asserting a detection (default: 0.7)")
+    parser.add_argument("--low", type=float, default=0.3, help="probability asserting absence (default: 0.3)")
+    parser.add_argument("--min-difference", type=float, default=0.3, dest="min_difference",
+                        help="smallest rise/fall for new/gone (default: 0.3)")
+    parser.add_argument("--reproject", action="store_true",
+                        help="compare surveys in different CRSs on a grid in BEFORE's CRS")
+    parser.add_argument("--out", metavar="DIR", default=None,
+                        help="output directory (default: <store>/runs/change-<BEFORE>-<AFTER>-<MODEL>)")
+    parser.add_argument("--truth", metavar="FILE", default=None, help="ground-truth GeoJSON: adds metrics.json")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results in an existing --out")
+    add_store_argument(parser)
+    add_cluster_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.change import ChangeThresholds, change_surveys, check_comparable, write_change_maps
+    from pipeline.cluster import dask_client
+    from pipeline.detect import check_model_bands, resolve_model
+    from pipeline.maps import read_truth, refuse_existing_results
+
+    store = open_store(args)
+    # Everything a user can get wrong is checked before any work is done.
+    thresholds = ChangeThresholds(args.high, args.low, args.min_difference)
+    before, after = store.survey(args.before), store.survey(args.after)
+    check_comparable(before, after, args.reproject)
+    classifier = resolve_model(store, args.model)
+    for survey in (before, after):
+        check_model_bands(classifier, survey)
+    out = Path(args.out) if args.out else store.runs_dir / f"change-{before.id}-{after.id}-{classifier.model_id}"
+    refuse_existing_results(out, args.overwrite)
+    if args.truth:
+        read_truth(args.truth)
+    with dask_client(args.cluster, n_workers=args.workers) as client:
+        result = change_surveys(store, before.id, after.id, classifier, stride=args.stride,
+                                thresholds=thresholds, reproject=args.reproject, client=client)
+        written = write_change_maps(store, result, out, truth=args.truth, overwrite=args.overwrite, client=client)
+    counts = written["counts"]
+    print(f"change {before.id} -> {after.id} on {result.grid.shape[0]} x {result.grid.shape[1]} cells of "
+          f"{result.grid.cell_size:g} map units: {counts['new']} new, {counts['gone']} gone, "
+          f"{counts['persisting']} persisting; maps in {out}")
+    if "metrics" in written:
+        for name, m in written["metrics"]["classes"].items():
+            print(f"  {name}: " + ", ".join(
+                f"{k} {m[k]:.3f}" if m[k] is not None else f"{k} n/a" for k in ("precision", "recall", "f1", "iou")))
+    return 0
