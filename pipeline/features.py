@@ -69,6 +69,9 @@ __all__ = [
     "tile_features",
     "block_features",
     "features_dask",
+    "map_tile_blocks",
+    "compute_with_progress",
+    "resolve_client",
     "compute_features",
     "open_features",
     "features_path",
@@ -351,11 +354,64 @@ def block_features(
 # ----------------------------------------------------------------------------------------------
 # Dask
 # ----------------------------------------------------------------------------------------------
-def _block_task(block, valid, ro, co, size, spec_dict, band_indices, scale) -> np.ndarray:
-    """One Dask task: features + valid fraction packed as (n_rows, n_cols, F + 1)."""
+def _features_block(block, valid, ro, co, size, spec_dict, band_indices, scale) -> np.ndarray:
+    """Features + valid fraction of one block's tiles, packed as (n_rows, n_cols, F + 1)."""
     spec = FeatureSpec.from_dict(spec_dict)
     values, fraction = block_features(block, valid, ro, co, size, spec, band_indices, scale)
     return np.concatenate([values, fraction[..., None]], axis=-1)
+
+
+def map_tile_blocks(
+    func: Any,
+    image: Any,
+    valid: Any,
+    grid: TileGrid,
+    n_out: int,
+    args: tuple = (),
+    tiles_per_block: tuple[int, int] | None = None,
+    name: str = "tile-blocks",
+) -> Any:
+    """Apply ``func`` to the tiles of ``image``, one Dask task per block of tiles.
+
+    ``func(block, valid_block, row_offsets, col_offsets, size, *args)`` receives a block's
+    pixels ``(bands, h, w)`` (NumPy), its valid mask ``(h, w)`` (or None) and the tile offsets
+    inside it, and returns ``(n_block_rows, n_block_cols, n_out)`` float32. ``image``
+    (bands, H, W) and ``valid`` (H, W) are Dask arrays; blocks default to about one chunk of
+    ``image``, and each task reads its pixel window, including the halo from neighbouring
+    chunks when tiles straddle them. Returns a Dask array ``(n_rows, n_cols, n_out)`` chunked
+    by block; key names start with ``name`` (progress bars count those).
+    """
+    import dask
+    import dask.array as da
+
+    if tiles_per_block is None:
+        tiles_per_block = (
+            max(1, image.chunks[1][0] // grid.stride),
+            max(1, image.chunks[2][0] // grid.stride),
+        )
+    blocks = grid.blocks(tiles_per_block)
+    ro_all, co_all = grid.row_offsets, grid.col_offsets
+    token = dask.base.tokenize(func, image, valid, grid.to_dict(), args, tiles_per_block)
+    row_starts = sorted({b.rows.start for b in blocks})
+    col_starts = sorted({b.cols.start for b in blocks})
+    pieces: dict[tuple[int, int], Any] = {}
+    for b in blocks:
+        w = b.window
+        ys, xs = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
+        ro, co = ro_all[b.rows] - w.row_off, co_all[b.cols] - w.col_off
+        i, j = row_starts.index(b.rows.start), col_starts.index(b.cols.start)
+        task = dask.delayed(func, pure=True)(
+            image[:, ys, xs],
+            None if valid is None else valid[ys, xs],
+            ro,
+            co,
+            grid.size,
+            *args,
+            dask_key_name=(f"{name}-{token}", i, j),
+        )
+        pieces[(i, j)] = da.from_delayed(task, shape=(len(ro), len(co), n_out), dtype=np.float32)
+    # depth-3 nesting: da.block joins the innermost lists along the last axis (the outputs)
+    return da.block([[[pieces[(i, j)]] for j in range(len(col_starts))] for i in range(len(row_starts))])
 
 
 def features_dask(
@@ -369,59 +425,34 @@ def features_dask(
 ) -> Any:
     """Dask array (n_rows, n_cols, F + 1) float32: features, then the valid fraction as the last column.
 
-    ``image`` (bands, H, W) and ``valid`` (H, W) are Dask arrays over the survey (``valid`` may
-    be None). One task per block of ``tiles_per_block`` tiles (default: about one chunk of
-    ``image``); each reads its pixel window, including any halo from neighbouring chunks.
+    :func:`block_features` applied by :func:`map_tile_blocks`; ``image`` (bands, H, W) and
+    ``valid`` (H, W, or None) are Dask arrays over the whole survey.
     """
-    import dask
-    import dask.array as da
-
-    if tiles_per_block is None:
-        tiles_per_block = (
-            max(1, image.chunks[1][0] // grid.stride),
-            max(1, image.chunks[2][0] // grid.stride),
-        )
-    blocks = grid.blocks(tiles_per_block)
-    ro_all, co_all = grid.row_offsets, grid.col_offsets
-    spec_dict = spec.to_dict()
-    token = dask.base.tokenize(image, valid, grid.to_dict(), spec_dict, band_indices, scale, tiles_per_block)
-    pieces: dict[tuple[int, int], Any] = {}
-    row_starts = sorted({b.rows.start for b in blocks})
-    col_starts = sorted({b.cols.start for b in blocks})
-    for b in blocks:
-        w = b.window
-        ys, xs = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
-        ro = ro_all[b.rows] - w.row_off
-        co = co_all[b.cols] - w.col_off
-        i, j = row_starts.index(b.rows.start), col_starts.index(b.cols.start)
-        task = dask.delayed(_block_task, pure=True)(
-            image[:, ys, xs],
-            None if valid is None else valid[ys, xs],
-            ro,
-            co,
-            grid.size,
-            spec_dict,
-            list(band_indices),
-            scale,
-            dask_key_name=(f"tile-features-{token}", i, j),
-        )
-        shape = (len(ro), len(co), spec.n_features + 1)
-        pieces[(i, j)] = da.from_delayed(task, shape=shape, dtype=np.float32)
-    # depth-3 nesting: da.block joins the innermost lists along the last axis (the features)
-    return da.block([[[pieces[(i, j)]] for j in range(len(col_starts))] for i in range(len(row_starts))])
+    args = (spec.to_dict(), list(band_indices), scale)
+    return map_tile_blocks(_features_block, image, valid, grid, spec.n_features + 1, args, tiles_per_block, "tile-features")
 
 
-def _compute(array: Any, client: Any, desc: str) -> Any:
-    """Compute ``array`` on ``client`` (or the default one, or local threads) with a progress bar."""
+def resolve_client(client: Any = None) -> Any:
+    """``client`` if given, else the current default ``distributed`` client, else None (local threads)."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+
+        return default_client()
+    except (ImportError, ValueError):
+        return None
+
+
+def compute_with_progress(array: Any, client: Any, desc: str, name: str) -> Any:
+    """Compute ``array`` (from :func:`map_tile_blocks`) with a progress bar over its blocks.
+
+    On ``client``, else the current default ``distributed`` client, else local threads. With a
+    client the result stays on the workers (a persisted Dask array); otherwise it is NumPy.
+    """
     from pipeline.progress import progress_bar, wait_with_progress
 
-    if client is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
+    client = resolve_client(client)
     if client is not None:
         from distributed import futures_of
 
@@ -431,14 +462,12 @@ def _compute(array: Any, client: Any, desc: str) -> Any:
     import dask
     from dask.callbacks import Callback
 
-    n_blocks = int(np.prod(array.numblocks))
-
     class _Progress(Callback):
         def _posttask(self, key, result, dsk, state, worker_id):
-            if isinstance(key, tuple) and str(key[0]).startswith("tile-features-"):
+            if isinstance(key, tuple) and str(key[0]).startswith(f"{name}-"):
                 bar.update(1)
 
-    with progress_bar(n_blocks, desc, unit="block") as bar, _Progress():
+    with progress_bar(int(np.prod(array.numblocks)), desc, unit="block") as bar, _Progress():
         (result,) = dask.compute(array, scheduler="threads")
     return result
 
@@ -502,7 +531,6 @@ def compute_features(
     re-ingested file) are replaced. Written to a temporary group renamed into place last, so an
     interrupted run never leaves features that look complete.
     """
-    import dask.array as da
     import zarr
 
     spec = get_spec(spec)
@@ -529,7 +557,8 @@ def compute_features(
     valid = survey.valid_dask()
     tiles_per_block = grid.tiles_per_chunk(survey.chunk_edge)
     packed = features_dask(image, valid, grid, spec, band_indices, pixel_scale(survey.dtype), tiles_per_block)
-    packed = _compute(packed, client, f"features {survey_id}")
+    client = resolve_client(client)
+    packed = compute_with_progress(packed, client, f"features {survey_id}", "tile-features")
 
     parent = path.rsplit("/", 1)[0]
     tmp_name = f".tmp-{path.rsplit('/', 1)[1]}-{uuid.uuid4().hex[:8]}"
@@ -560,7 +589,7 @@ def compute_features(
     )
     tmp_dir = _dir_of(store, tmp_path)
     try:
-        da.store([packed[..., :-1], packed[..., -1]], [values, fraction], lock=False)
+        _store_packed(packed, [values, fraction], client)
         group.attrs.update(
             {
                 "survey_id": survey_id,
@@ -581,6 +610,18 @@ def compute_features(
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return open_features(store, survey_id, spec, stride, size)
+
+
+def _store_packed(packed: Any, targets: list, client: Any) -> None:
+    """Write ``packed[..., :-1]`` and ``packed[..., -1]`` (NumPy, or Dask on ``client``) to Zarr arrays."""
+    if isinstance(packed, np.ndarray):
+        targets[0][...] = packed[..., :-1]
+        targets[1][...] = packed[..., -1]
+        return
+    import dask.array as da
+
+    stored = da.store([packed[..., :-1], packed[..., -1]], targets, lock=False, compute=False)
+    client.gather(client.compute(stored))  # each worker writes the chunks it holds: whole Zarr chunks
 
 
 def open_features(
