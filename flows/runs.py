@@ -4,7 +4,7 @@ A *run* is one execution of a damwatch flow. Its directory ``<store>/runs/<run_i
 maps and reports the run wrote, ``summary.json`` (the run's figures) and ``provenance.json``
 (flow, parameters, Prefect flow-run id, package versions, and every stage with its input
 fingerprint, whether it ran or was skipped, and its seconds). The run id is
-``<UTC start, YYYYmmddTHHMMSSZ>-<flow>-<first 8 hex digits of the Prefect flow-run id>``: it
+``<UTC start, YYYYmmddTHHMMSSZ>-<flow>-<last 8 hex digits of the Prefect flow-run id>``: it
 sorts by time, says what ran, and leads back to the run in the Prefect UI.
 
 The same facts go to Prefect as artifacts, keyed by flow so the UI shows their history:
@@ -136,7 +136,8 @@ class RunRecord:
         self.started = dt.datetime.now(dt.timezone.utc)
         self._t0 = time.perf_counter()
         self.prefect_id, self.prefect_name = _prefect_run()
-        short = (self.prefect_id or uuid.uuid4().hex).replace("-", "")[:8]
+        # The last 8 hex digits: Prefect's ids are time-ordered (UUIDv7), their first digits repeat.
+        short = (self.prefect_id or uuid.uuid4().hex).replace("-", "")[-8:]
         self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{flow.replace('_', '-')}-{short}"
         self.dir = store.runs_dir / self.run_id
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -188,8 +189,8 @@ class RunRecord:
             "seconds": {**self.seconds(), "total": round(time.perf_counter() - self._t0, 3)},
             "maps": maps,
         }
-        _write_json(self.dir / "summary.json", full)
         self._write_provenance(error=None)
+        _write_json(self.dir / "summary.json", full)  # last: a run with a summary is complete
         self._artifacts(full, headline, detections, maps)
         return full
 
