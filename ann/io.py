@@ -1,0 +1,364 @@
+"""Trained classifiers and their model files (never pickle).
+
+A :class:`Classifier` is everything needed to score raw tile features: the network, the
+standardization statistics of its training set, the feature spec it was trained on (name and
+feature order), the decision threshold, and free metadata (training history summary, metrics,
+data provenance).
+
+On disk a model is two files in a models directory, named by its *model id*::
+
+    <id>.npz   the weight arrays W1, b1, ..., loaded with allow_pickle=False
+    <id>.json  everything else, plus the weights' SHA-256 and the model id
+
+The model id is the first 12 hex digits of the SHA-256 of the JSON content (which includes the
+weights' checksum): the same model always gets the same id, and any change — weights,
+threshold, feature spec — gives another. :func:`load_model` checks everything it reads and
+refuses, each with its own :class:`ModelFileError` message, a file that is missing, truncated,
+not JSON / not an .npz, of an unknown format version, missing fields, holding pickled objects,
+arrays of the wrong name, shape or dtype, weights that do not match their checksum, content
+that does not match the model id, or non-finite weights. Features made with another feature
+spec are refused with :class:`FeatureSpecMismatch` (:meth:`Classifier.check_feature_spec`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ann.errors import AnnError, ConfigError, FeatureSpecMismatch, ModelFileError
+from ann.network import MLP
+from ann.standardize import Standardizer
+
+__all__ = ["Classifier", "save_model", "load_model", "MODEL_FORMAT", "FORMAT_VERSION"]
+
+MODEL_FORMAT = "damwatch-ann-model"
+FORMAT_VERSION = 1
+_REQUIRED = ("format", "format_version", "model_id", "architecture", "weights", "feature_spec", "normalization", "threshold", "metadata")
+
+
+def _spec_dict(spec: Any) -> dict[str, Any]:
+    """A feature spec as a JSON-ready dict (accepts a dict or an object with ``to_dict()``)."""
+    if hasattr(spec, "to_dict"):
+        spec = spec.to_dict()
+    if not isinstance(spec, dict):
+        raise ConfigError(f"feature spec must be a dict or have to_dict(), got {type(spec).__name__}")
+    return _json_ready(spec)
+
+
+def _spec_label(spec: dict[str, Any]) -> str:
+    name = spec.get("name", "?")
+    version = spec.get("version")
+    n = len(spec.get("names", ()))
+    return f"'{name}-v{version}' ({n} features)" if version is not None else f"'{name}' ({n} features)"
+
+
+def _json_ready(value: Any) -> Any:
+    """Plain JSON types: NumPy scalars/arrays to Python, tuples to lists, NaN/inf to None."""
+    if isinstance(value, dict):
+        return {str(k): _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _json_ready(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if isinstance(value, Path):
+        return str(value)
+    raise ConfigError(f"model metadata value {value!r} of type {type(value).__name__} cannot be written to JSON")
+
+
+class Classifier:
+    """A trained network with its feature spec, normalization and decision threshold.
+
+    network: the trained :class:`MLP`. standardizer: training-set statistics applied to raw
+    features first (None: features go in as they are). feature_spec: dict (or object with
+    ``to_dict()``) with at least ``name`` and ``names`` (feature names in column order).
+    threshold: probability at or above which a tile counts as a detection. metadata: JSON-ready
+    dict (history summary, metrics, provenance); NaN becomes null.
+    """
+
+    def __init__(
+        self,
+        network: MLP,
+        standardizer: Standardizer | None,
+        feature_spec: Any,
+        threshold: float = 0.5,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        spec = _spec_dict(feature_spec)
+        names = spec.get("names")
+        if not isinstance(spec.get("name"), str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"feature spec {spec} needs 'name' (str) and 'names' (list of feature names in column order)")
+        if len(names) != network.n_inputs:
+            raise FeatureSpecMismatch(
+                f"feature spec {_spec_label(spec)} lists {len(names)} features but the network takes {network.n_inputs} inputs"
+            )
+        if standardizer is not None and standardizer.n_features != network.n_inputs:
+            raise ConfigError(
+                f"standardizer has statistics for {standardizer.n_features} features but the network takes {network.n_inputs}"
+            )
+        if not (isinstance(threshold, (int, float, np.floating)) and 0 <= threshold <= 1):
+            raise ConfigError(f"decision threshold {threshold!r} must be a probability in [0, 1]")
+        self.network = network
+        self.standardizer = standardizer
+        self.feature_spec = spec
+        self.threshold = float(threshold)
+        self.metadata = _json_ready(dict(metadata or {}))
+        self.model_id: str | None = None  # set by save_model / load_model
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.feature_spec["names"])
+
+    def check_feature_spec(self, spec: Any) -> None:
+        """Raise :class:`FeatureSpecMismatch`, naming both specs, unless ``spec`` is this model's."""
+        other = _spec_dict(spec)
+        mine = self.feature_spec
+        keys = [k for k in ("name", "version", "names") if k in mine or k in other]
+        if all(mine.get(k) == other.get(k) for k in keys):
+            return
+        detail = ""
+        a, b = mine.get("names", []), other.get("names", [])
+        if a != b:
+            if len(a) != len(b):
+                detail = f" The model has {len(a)} features, the data {len(b)}."
+            else:
+                i = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+                detail = f" Feature {i} is '{a[i]}' in the model but '{b[i]}' in the data."
+        raise FeatureSpecMismatch(
+            f"features were made with feature spec {_spec_label(other)} but model {self.model_id or '(unsaved)'} "
+            f"was trained on {_spec_label(mine)}.{detail} Recompute the features with spec "
+            f"'{mine.get('name')}' or use a model trained on '{other.get('name')}'."
+        )
+
+    def predict_proba(self, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+        """Probabilities (N,) for raw (unstandardized) features (N, F), F in spec order."""
+        X = np.asarray(features)
+        n_in = self.network.n_inputs
+        if X.ndim != 2 or X.shape[1] != n_in:
+            raise FeatureSpecMismatch(
+                f"features of shape {X.shape} do not fit model {self.model_id or '(unsaved)'}: it takes "
+                f"(N, {n_in}) arrays of feature spec {_spec_label(self.feature_spec)}"
+            )
+        out = np.empty(X.shape[0], self.network.dtype)
+        for start in range(0, X.shape[0], batch_size):  # bounded memory for any N
+            chunk = X[start : start + batch_size]
+            if self.standardizer is not None:
+                chunk = self.standardizer.transform(chunk, dtype=self.network.dtype)
+            out[start : start + len(chunk)] = self.network.predict_proba(chunk, batch_size=batch_size)
+        return out
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        """Detections (N,) bool: probability >= threshold."""
+        return self.predict_proba(features) >= self.threshold
+
+    def __repr__(self) -> str:
+        return (
+            f"Classifier(model_id={self.model_id!r}, sizes={self.network.sizes}, "
+            f"feature_spec={_spec_label(self.feature_spec)}, threshold={self.threshold})"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+def _array_names(n_layers: int) -> list[str]:
+    return [f"{kind}{i}" for i in range(1, n_layers + 1) for kind in ("W", "b")]
+
+
+def _weights_digest(names: list[str], arrays: list[np.ndarray]) -> str:
+    """SHA-256 over each array's name, dtype, shape and bytes (not the .npz bytes: the zip
+    container stores timestamps, so the same weights would hash differently)."""
+    h = hashlib.sha256()
+    for name, a in zip(names, arrays):
+        a = np.ascontiguousarray(a)
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _content_id(doc: dict[str, Any]) -> str:
+    body = {k: v for k, v in doc.items() if k != "model_id"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+def _write_atomic(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, then rename: never a partial file."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_model(clf: Classifier, models_dir: str | os.PathLike) -> str:
+    """Write ``<id>.npz`` and ``<id>.json`` into ``models_dir`` (created if needed); return the id.
+
+    The .npz is written first and the JSON last, each through a temporary file, so a model whose
+    JSON exists is complete. Saving the same model again rewrites the same files.
+    """
+    models_dir = Path(models_dir)
+    models_dir.mkdir(parents=True, exist_ok=True)
+    net = clf.network
+    names = _array_names(net.n_layers)
+    arrays = [np.ascontiguousarray(p) for p in net.params]
+    doc: dict[str, Any] = {
+        "format": MODEL_FORMAT,
+        "format_version": FORMAT_VERSION,
+        "architecture": net.architecture(),
+        "weights": {
+            "sha256": _weights_digest(names, arrays),
+            "arrays": [{"name": n, "shape": list(a.shape), "dtype": a.dtype.name} for n, a in zip(names, arrays)],
+        },
+        "feature_spec": clf.feature_spec,
+        "normalization": None if clf.standardizer is None else clf.standardizer.to_dict(),
+        "threshold": clf.threshold,
+        "metadata": clf.metadata,
+    }
+    model_id = _content_id(doc)
+    doc["model_id"] = model_id
+    _write_atomic(models_dir / f"{model_id}.npz", lambda f: np.savez(f, **dict(zip(names, arrays))))
+    text = json.dumps(doc, indent=1, allow_nan=False) + "\n"
+    _write_atomic(models_dir / f"{model_id}.json", lambda f: f.write(text.encode()))
+    clf.model_id = model_id
+    return model_id
+
+
+def _resolve(source: str | os.PathLike, models_dir: str | os.PathLike | None) -> tuple[Path, Path]:
+    path = Path(source)
+    if path.suffix in (".json", ".npz"):
+        stem = path.with_suffix("")
+    elif models_dir is not None:
+        stem = Path(models_dir) / str(source)
+    else:
+        raise ModelFileError(
+            f"model {str(source)!r} is neither a .json/.npz path nor given with a models directory; "
+            "pass the path of <id>.json or load_model(model_id, models_dir)"
+        )
+    json_path, npz_path = stem.with_suffix(".json"), stem.with_suffix(".npz")
+    for p in (json_path, npz_path):
+        if not p.is_file():
+            known = sorted(q.stem for q in p.parent.glob("*.json")) if p.parent.is_dir() else []
+            raise ModelFileError(
+                f"model file {p} not found (a model is <id>.json + <id>.npz side by side). "
+                f"Models in {p.parent}: {known or 'none'}"
+            )
+    return json_path, npz_path
+
+
+def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None = None) -> Classifier:
+    """Load and check a model: ``load_model("dir/<id>.json")`` (or ``.npz``), or ``load_model(id, dir)``."""
+    json_path, npz_path = _resolve(source, models_dir)
+
+    # -- the JSON -----------------------------------------------------------------------------
+    try:
+        doc = json.loads(json_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ModelFileError(
+            f"model file {json_path} is not valid JSON ({e}); it is truncated or damaged: save the model again"
+        ) from None
+    if not isinstance(doc, dict) or doc.get("format") != MODEL_FORMAT:
+        raise ModelFileError(
+            f"{json_path} is not a damwatch model file (no \"format\": \"{MODEL_FORMAT}\" marker); "
+            "pass the JSON written by save_model"
+        )
+    version = doc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{json_path} has model format version {version!r}; this damwatch reads version {FORMAT_VERSION}. "
+            "Load it with the damwatch version that wrote it, or retrain"
+        )
+    missing = [k for k in _REQUIRED if k not in doc]
+    if missing:
+        raise ModelFileError(f"{json_path} lacks the fields {missing}; it was edited or damaged: save the model again")
+    arch = doc["architecture"]
+    try:
+        template = MLP.from_architecture(arch, MLP(**_mlp_kwargs(arch)).params)
+    except (ConfigError, TypeError, KeyError, ValueError) as e:
+        raise ModelFileError(f"{json_path} has an invalid architecture {arch!r}: {e}") from None
+
+    # -- the weights ---------------------------------------------------------------------------
+    names = _array_names(template.n_layers)
+    try:
+        with np.load(npz_path, allow_pickle=False) as npz:
+            found = list(npz.files)
+            if sorted(found) != sorted(names):
+                raise ModelFileError(
+                    f"weights file {npz_path} holds arrays {sorted(found)} but the architecture "
+                    f"{template.sizes} in {json_path.name} needs {names}: the files belong to different models"
+                )
+            arrays = [npz[n] for n in names]
+    except ModelFileError:
+        raise
+    except ValueError as e:
+        if "pickle" in str(e):
+            raise ModelFileError(
+                f"weights file {npz_path} holds pickled Python objects; model files never use pickle "
+                "(loading them could run arbitrary code). Refused"
+            ) from None
+        raise ModelFileError(f"weights file {npz_path} is damaged ({e}): save the model again") from None
+    except (zipfile.BadZipFile, EOFError, OSError, KeyError) as e:
+        raise ModelFileError(
+            f"weights file {npz_path} is truncated or not an .npz archive ({type(e).__name__}: {e}): save the model again"
+        ) from None
+    for name, a, p in zip(names, arrays, template.params):
+        if a.shape != p.shape:
+            raise ModelFileError(
+                f"array {name} in {npz_path} has shape {a.shape} but the architecture {template.sizes} in "
+                f"{json_path.name} needs {p.shape}: the files belong to different models"
+            )
+        if a.dtype != p.dtype:
+            raise ModelFileError(
+                f"array {name} in {npz_path} is {a.dtype} but the architecture in {json_path.name} says "
+                f"{p.dtype.name}: the files belong to different models"
+            )
+    weights = doc["weights"]
+    if not isinstance(weights, dict) or _weights_digest(names, arrays) != weights.get("sha256"):
+        raise ModelFileError(
+            f"weights in {npz_path} do not match the checksum in {json_path.name}: the .npz was modified "
+            "or comes from another model with the same shapes"
+        )
+    if _content_id(doc) != doc["model_id"] or (json_path.stem != doc["model_id"]):
+        raise ModelFileError(
+            f"{json_path} does not match its model id {doc['model_id']!r} (its content hashes to "
+            f"{_content_id(doc)!r}): it was edited after saving or renamed. Save the model again"
+        )
+    for name, a in zip(names, arrays):
+        if not np.isfinite(a).all():
+            raise ModelFileError(f"array {name} in {npz_path} holds NaN or infinity: training diverged; retrain")
+
+    # -- the rest -----------------------------------------------------------------------------
+    try:
+        net = MLP.from_architecture(arch, arrays)
+        norm = doc["normalization"]
+        standardizer = None if norm is None else Standardizer.from_dict(norm)
+        clf = Classifier(net, standardizer, doc["feature_spec"], doc["threshold"], doc["metadata"])
+    except AnnError as e:
+        raise ModelFileError(f"{json_path} is inconsistent: {e}") from None
+    clf.model_id = doc["model_id"]
+    return clf
+
+
+def _mlp_kwargs(arch: Any) -> dict[str, Any]:
+    if not isinstance(arch, dict):
+        raise ConfigError("architecture must be a JSON object")
+    return {
+        "n_inputs": arch["n_inputs"],
+        "hidden": arch["hidden"],
+        "activation": arch.get("activation", "relu"),
+        "dtype": arch.get("dtype", "float32"),
+    }
