@@ -52,51 +52,30 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 
 def top_detections(geojson_paths: Iterable[str | os.PathLike], n: int = 10) -> list[dict]:
-    """The ``n`` detections with the highest peak probability across GeoJSON files.
+    """The ``n`` detections with the highest peak probability across detection GeoJSON files.
 
-    Each row: survey, detection id, peak and mean probability, tile count, confidence and the
-    centre (longitude, latitude) of its bounding box.
+    Each row: survey, detection id (its rank in its file), peak and mean probability, tile
+    count, confidence class, and the longitude/latitude of its peak tile (see
+    :func:`pipeline.maps.detections_geojson`).
     """
     rows = []
     for path in geojson_paths:
-        path = Path(path)
-        if not path.is_file():
-            continue
-        for feature in json.loads(path.read_text()).get("features", []):
-            props = feature.get("properties", {})
-            coords = list(_coordinates(feature.get("geometry") or {}))
-            lon = (min(c[0] for c in coords) + max(c[0] for c in coords)) / 2 if coords else None
-            lat = (min(c[1] for c in coords) + max(c[1] for c in coords)) / 2 if coords else None
-            peak = props.get("peak_probability", props.get("probability"))
+        for feature in json.loads(Path(path).read_text()).get("features", []):
+            p = feature["properties"]
             rows.append(
                 {
-                    "survey": props.get("survey_id", ""),
-                    "id": props.get("id", feature.get("id", "")),
-                    "peak_probability": float(peak) if peak is not None else float("nan"),
-                    "mean_probability": float(props.get("mean_probability", peak if peak is not None else "nan")),
-                    "tiles": props.get("n_tiles", props.get("tiles", 1)),
-                    "confidence": props.get("confidence", ""),
-                    "lon": round(lon, 6) if lon is not None else None,
-                    "lat": round(lat, 6) if lat is not None else None,
+                    "survey": p.get("survey_id", ""),
+                    "id": p["id"],
+                    "peak_probability": float(p["peak_probability"]),
+                    "mean_probability": float(p["mean_probability"]),
+                    "tiles": int(p["tile_count"]),
+                    "confidence": p["confidence"],
+                    "lon": p["peak_lon"],
+                    "lat": p["peak_lat"],
                 }
             )
-    rows.sort(key=lambda r: -r["peak_probability"] if r["peak_probability"] == r["peak_probability"] else 0)
+    rows.sort(key=lambda r: (-r["peak_probability"], r["survey"], r["id"]))
     return rows[:n]
-
-
-def _coordinates(geometry: Mapping[str, Any]):
-    def walk(c):
-        if c and isinstance(c[0], (int, float)):
-            yield c
-        else:
-            for part in c:
-                yield from walk(part)
-
-    if geometry.get("type") == "GeometryCollection":
-        for g in geometry.get("geometries", []):
-            yield from _coordinates(g)
-    else:
-        yield from walk(geometry.get("coordinates", []))
 
 
 def _prefect_run() -> tuple[str | None, str | None]:

@@ -4,20 +4,50 @@
                                                   └──change against the previous survey of the area
 
 The previous survey is the latest survey of the same area in the store dated before this one;
-its predictions with the same model are computed too if missing. Without a model (``model=None``)
-the flow stops after features; ``model="latest"`` takes the newest model in the store.
-Each stage is skipped, with a log line, when its inputs have not changed since it last ran.
+its predictions under the same model are computed too when missing. Without a model
+(``model=None``) the flow stops after features; ``model="latest"`` takes the model saved last in
+the store. Each stage is skipped, with a log line, when its inputs have not changed since it
+last completed; its outputs then stay where that earlier run wrote them (the summary points
+there).
 """
 
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
-from flows.runs import RunRecord
-from flows.tasks import cluster_session, features_task, ingest_task
+from flows.runs import RunRecord, top_detections
+from flows.tasks import change_task, cluster_session, detect_task, features_task, ingest_task, resolve_model_id
 from pipeline.store import Store, parse_date, survey_id_for
 
-__all__ = ["survey_pipeline"]
+__all__ = ["survey_pipeline", "detection_headline", "change_headline"]
+
+
+def detection_headline(detect: dict) -> str:
+    out = detect["outputs"]
+    line = (
+        f"detections on {out['survey_id']}: **{out['n_detections']}** "
+        f"({out['scored_tiles']} tiles scored, threshold {out['threshold']:.2f}, model {out['model_id']})"
+    )
+    if out.get("metrics"):
+        m = out["metrics"]["overall"]
+        line += "; vs truth " + ", ".join(
+            f"{k} {m[k]:.2f}" for k in ("precision", "recall", "f1") if isinstance(m.get(k), (int, float))
+        )
+    return line
+
+
+def change_headline(change: dict) -> str:
+    out = change["outputs"]
+    counts = out["counts"]
+    line = (
+        f"change {out['before']} → {out['after']}: {counts.get('new', 0)} new, {counts.get('gone', 0)} gone, "
+        f"{counts.get('persisting', 0)} persisting cells"
+    )
+    classes = (out.get("metrics") or {}).get("classes", {})
+    f1 = {name: c["f1"] for name, c in classes.items() if c.get("f1") is not None}
+    if f1:
+        line += "; F1 vs truth " + ", ".join(f"{name} {v:.2f}" for name, v in f1.items())
+    return line
 
 
 @flow(name="survey_pipeline")
@@ -39,9 +69,10 @@ def survey_pipeline(
 ) -> dict:
     """Ingest ``path`` as ``<area>-<date>``, compute features, and (given a model) detect and compare.
 
-    ``stride`` is the detection tile stride in pixels (tiles are 128 px); ``truth`` an optional
-    ground-truth GeoJSON for metrics; ``threshold`` overrides the model's decision threshold;
-    ``sha256`` is the file's hash when the caller already knows it (the watch flow).
+    ``stride`` is the detection tile stride in pixels; ``spec`` the feature spec when no model
+    is given (a model brings its own); ``truth`` an optional ground-truth GeoJSON for metrics;
+    ``threshold`` overrides the model's decision threshold; ``sha256`` is the file's hash when
+    the caller already knows it (the watch flow).
     """
     params = dict(locals())
     logger = get_run_logger()
@@ -49,25 +80,65 @@ def survey_pipeline(
     run = RunRecord(st, "survey_pipeline", params)
     survey_id = survey_id_for(area, parse_date(date))
     root = str(st.root)
+    detect = change = None
     with run.failing(), cluster_session(cluster, workers):
+        size = 128
+        if model is not None:
+            from pipeline.detect import model_spec, model_tile_size, resolve_model
+
+            model = resolve_model_id(st, model)
+            classifier = resolve_model(st, model)
+            spec, size = model_spec(classifier).id, model_tile_size(classifier)
         ingested = run.add(
             ingest_task(root, str(path), area, str(date), sha256=sha256, bands=bands, overwrite=overwrite, run_id=run.run_id)
         )
-        feats = run.add(features_task(root, survey_id, spec=spec, stride=stride, run_id=run.run_id))
+        feats = run.add(features_task(root, survey_id, spec=spec, stride=stride, size=size, run_id=run.run_id))
         if model is None:
             logger.info("no model given: %s stops after features (pass model=ID or 'latest' to detect)", survey_id)
+        else:
+            detect = run.add(
+                detect_task(
+                    root, survey_id, model, str(run.dir / "detect" / survey_id),
+                    stride=stride, threshold=threshold, truth=truth, run_id=run.run_id,
+                )
+            )
+            this = st.survey(survey_id)
+            earlier = [s for s in st.surveys(area) if s.date < this.date]
+            if not earlier:
+                logger.info("%s is the first survey of area %s in the store: no change to compute", survey_id, area)
+            else:
+                before = earlier[-1].id
+                change = run.add(
+                    change_task(
+                        root, before, survey_id, model, str(run.dir / "change" / f"{before}..{survey_id}"),
+                        stride=stride, truth=truth, run_id=run.run_id,
+                    )
+                )
+
     out = ingested["outputs"]
+    headline = [
+        f"survey **{survey_id}**: {out['width']} x {out['height']} px",
+        f"tiles: {feats['outputs']['valid_tiles']} with data of {feats['outputs']['tiles']} (stride {stride} px)",
+    ]
+    maps: dict[str, str] = {}
+    if detect is not None:
+        headline.append(detection_headline(detect))
+        maps.update({f"{survey_id} {k}": v for k, v in detect["outputs"]["files"].items()})
+    else:
+        headline.append("detections: no model given")
+    if change is not None:
+        headline.append(change_headline(change))
+        maps.update({f"change {k}": v for k, v in change["outputs"]["files"].items()})
     return run.finish(
         {
             "survey_id": survey_id,
+            "model_id": model,
             "ingest": out,
             "features": feats["outputs"],
-            "model_id": None,
+            "detect": detect["outputs"] if detect else None,
+            "change": change["outputs"] if change else None,
         },
-        headline=[
-            f"survey **{survey_id}**: {out['width']} x {out['height']} px",
-            f"tiles: {feats['outputs']['valid_tiles']} with data of {feats['outputs']['tiles']} "
-            f"(stride {stride} px)",
-            "detections: no model given" if model is None else "",
-        ],
+        headline=headline,
+        detections=top_detections([detect["outputs"]["files"]["detections"]]) if detect else (),
+        maps=maps,
     )

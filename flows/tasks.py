@@ -298,3 +298,133 @@ def features_task(
             return facts(compute_features(store, survey_id, spec_id, stride=stride, size=size, client=client))
 
     return run_stage(store, "features", subject, inputs, lambda _: stored() is not None, work, run_id, stored)
+
+
+def _truth_sha(truth: str | None) -> str | None:
+    return file_sha256(truth) if truth else None
+
+
+def _paths(result: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in result.items() if isinstance(v, Path)}
+
+
+def _files_exist(outputs: Mapping[str, Any]) -> bool:
+    return all(Path(p).exists() for p in outputs.get("files", {}).values())
+
+
+def resolve_model_id(store: Store, model: str) -> str:
+    """The id of ``model``: a model id in the store, a model file, or ``"latest"``.
+
+    ``"latest"`` is the most recently saved model in ``<store>/models`` (by file time).
+    """
+    from pipeline.detect import resolve_model
+    from pipeline.errors import InputError
+
+    if model == "latest":
+        saved = sorted(store.models_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if store.models_dir.is_dir() else []
+        if not saved:
+            raise InputError(
+                f"model 'latest' asked for, but the store at {store.root} holds no model yet; train one "
+                f"with `damwatch train` or give --model ID"
+            )
+        model = saved[-1].stem
+    return str(resolve_model(store, model).model_id)
+
+
+@task(name="detect", **RETRY)
+def detect_task(
+    store_root: str,
+    survey_id: str,
+    model: str,
+    out_dir: str,
+    stride: int = 64,
+    threshold: float | None = None,
+    truth: str | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Score every tile of ``survey_id`` with ``model`` and write its maps into ``out_dir``.
+
+    Outputs: the prediction grid in the store and, in ``out_dir``, the probability COG, the
+    detections GeoJSON, the quicklook PNG, provenance and (given ``truth``) metrics.
+    """
+    from pipeline.detect import detect_survey, open_predictions
+    from pipeline.maps import write_detection_maps
+
+    store = Store(store_root)
+    survey = store.survey(survey_id)
+    model_id = resolve_model_id(store, model)
+    inputs = {
+        "source_sha256": survey.source_sha256,
+        "model_id": model_id,
+        "stride": stride,
+        "threshold": threshold,
+        "truth_sha256": _truth_sha(truth),
+    }
+
+    def outputs_exist(outputs: Mapping[str, Any]) -> bool:
+        try:
+            open_predictions(store, model_id, survey_id)
+        except DamwatchError:
+            return False
+        return _files_exist(outputs)
+
+    def work() -> dict:
+        with stage_client() as client:
+            predictions = detect_survey(store, survey_id, model_id, stride=stride, client=client)
+            written = write_detection_maps(store, predictions, out_dir, threshold=threshold, truth=truth, client=client)
+        import numpy as np
+
+        return {
+            "survey_id": survey_id,
+            "model_id": model_id,
+            "predictions": predictions.path,
+            "scored_tiles": int(np.isfinite(predictions.probabilities).sum()),
+            "threshold": float(predictions.threshold if threshold is None else threshold),
+            "n_detections": int(written["n_detections"]),
+            "metrics": written.get("metrics"),
+            "files": _paths(written),
+        }
+
+    return run_stage(store, "detect", f"{model_id}/{survey_id}", inputs, outputs_exist, work, run_id)
+
+
+@task(name="change", **RETRY)
+def change_task(
+    store_root: str,
+    before_id: str,
+    after_id: str,
+    model: str,
+    out_dir: str,
+    stride: int = 64,
+    truth: str | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Compare ``before_id`` and ``after_id`` under ``model``; write the change maps into ``out_dir``."""
+    from pipeline.change import DEFAULT_THRESHOLDS, change_surveys, write_change_maps
+
+    store = Store(store_root)
+    before, after = store.survey(before_id), store.survey(after_id)
+    model_id = resolve_model_id(store, model)
+    inputs = {
+        "before_sha256": before.source_sha256,
+        "after_sha256": after.source_sha256,
+        "model_id": model_id,
+        "stride": stride,
+        "thresholds": DEFAULT_THRESHOLDS.to_dict(),
+        "truth_sha256": _truth_sha(truth),
+    }
+
+    def work() -> dict:
+        with stage_client() as client:
+            result = change_surveys(store, before_id, after_id, model_id, stride=stride, client=client)
+            written = write_change_maps(store, result, out_dir, truth=truth, client=client)
+        return {
+            "before": before_id,
+            "after": after_id,
+            "model_id": model_id,
+            "counts": written["counts"],
+            "metrics": written.get("metrics"),
+            "files": _paths(written),
+        }
+
+    return run_stage(store, "change", f"{model_id}/{before_id}..{after_id}", inputs, _files_exist, work, run_id)

@@ -134,3 +134,77 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect, tmp_path, 
     with pytest.raises(InputError, match="not a raster"):
         ingest_flow(str(path), "creek", "2024-06-02", store=str(tmp_path / "st"), cluster=cluster)
     assert len(calls) == 1
+
+
+def _save_model_for(store, survey_id, stride):
+    """A small random network whose threshold is the median probability of the survey's tiles.
+
+    Features are computed here with the pipeline directly (so the flow finds them in the store);
+    returns (model_id, classifier).
+    """
+    from ann.io import Classifier, save_model
+    from ann.network import MLP
+    from ann.standardize import Standardizer
+    from pipeline.features import compute_features, get_spec
+
+    spec = get_spec("default")
+    X, _, _ = compute_features(store, survey_id, spec, stride=stride).as_table(min_valid=0.5)
+    net = MLP(spec.n_features, hidden=(8,), seed=5)
+    clf = Classifier(net, Standardizer.fit(X), spec.to_dict(), threshold=0.5)
+    clf = Classifier(net, clf.standardizer, spec.to_dict(), threshold=float(np.median(clf.predict_proba(X))))
+    return save_model(clf, store.models_dir), clf
+
+
+def test_survey_pipeline_detects_and_compares_with_the_previous_survey(prefect, tmp_path, write_survey, cluster):
+    from pipeline.change import compare_predictions
+    from pipeline.detect import open_predictions
+    from pipeline.features import open_features
+    from pipeline.maps import detections_geojson
+    from pipeline.store import ingest
+
+    store = Store(tmp_path / "st")
+    first, second = tmp_path / "creek_2023-06-01.tif", tmp_path / "creek_2024-06-01.tif"
+    write_survey(first, height=320, width=384, seed=21)
+    write_survey(second, height=320, width=384, seed=22)
+    ingest(first, "creek", "2023-06-01", store)
+    model_id, clf = _save_model_for(store, "creek-2023-06-01", stride=64)
+
+    early = survey_pipeline(str(first), "creek", "2023-06-01", store=str(store.root), model="latest", cluster=cluster)
+    assert [(s["stage"], s["status"]) for s in early["stages"]] == [
+        ("ingest", "skipped"), ("features", "skipped"), ("detect", "done"),  # made outside the flow: reused
+    ]
+    assert early["change"] is None  # the first survey of the area
+
+    late = survey_pipeline(str(second), "creek", "2024-06-01", store=str(store.root), model=model_id, cluster=cluster)
+    assert [s["stage"] for s in late["stages"]] == ["ingest", "features", "detect", "change"]
+
+    # Probabilities: the model applied to the stored features of each scored tile.
+    for sid in ("creek-2023-06-01", "creek-2024-06-01"):
+        feats = open_features(store, sid, "default", stride=64)
+        X, rows, cols = feats.as_table(min_valid=0.5)
+        got = open_predictions(store, model_id, sid).probabilities
+        np.testing.assert_allclose(got[rows, cols], clf.predict_proba(X), rtol=1e-6)
+        assert np.isnan(got).sum() == got.size - len(rows)
+
+    # Detections and change: the pipeline functions on the stored predictions.
+    before, after = (open_predictions(store, model_id, s) for s in ("creek-2023-06-01", "creek-2024-06-01"))
+    expected = detections_geojson(after.probabilities, after.grid, clf.threshold)
+    geojson = json.loads(open(late["detect"]["files"]["detections"]).read())
+    assert late["detect"]["n_detections"] == len(expected["features"]) == len(geojson["features"])
+    assert late["change"]["counts"] == compare_predictions(before, after).counts()
+    assert late["change"]["before"] == "creek-2023-06-01"
+
+    # The run's artifacts: the summary names the change, the table lists the top detections.
+    provenance = json.loads((store.runs_dir / late["run_id"] / "provenance.json").read_text())
+    artifacts = artifacts_of(provenance["prefect_flow_run_id"])
+    assert "creek-2023-06-01 → creek-2024-06-01" in artifacts["survey-pipeline-summary"].data
+    table = artifacts["survey-pipeline-top-detections"].data
+    table = json.loads(table) if isinstance(table, str) else table
+    peaks = sorted((f["properties"]["peak_probability"] for f in expected["features"]), reverse=True)[:10]
+    assert [row["peak_probability"] for row in table] == peaks
+    assert late["detect"]["files"]["probability"] in artifacts["survey-pipeline-maps"].data
+
+    # Nothing changed: every stage is skipped, and the maps are those of the earlier run.
+    again = survey_pipeline(str(second), "creek", "2024-06-01", store=str(store.root), model=model_id, cluster=cluster)
+    assert {s["status"] for s in again["stages"]} == {"skipped"}
+    assert again["detect"]["files"] == late["detect"]["files"]

@@ -1,0 +1,52 @@
+"""The ``detect`` flow: score surveys in the store with a model and write their maps.
+
+For each survey: probabilities of every tile stored under the model id, and in
+``runs/<run_id>/detect/<survey_id>/`` the probability COG, detections GeoJSON, quicklook PNG,
+provenance and (given ``truth``) metrics. Skipped per survey when survey, model and settings are
+unchanged since the last completed run (whose maps the summary then points to).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+
+from flows.runs import RunRecord, top_detections
+from flows.survey_pipeline import detection_headline
+from flows.tasks import cluster_session, detect_task, resolve_model_id
+from pipeline.store import Store
+
+__all__ = ["detect_flow"]
+
+
+@flow(name="detect")
+def detect_flow(
+    surveys: list[str],
+    model: str,
+    store: str | None = None,
+    stride: int = 64,
+    threshold: float | None = None,
+    truth: str | None = None,
+    cluster: str | None = None,
+    workers: int | None = None,
+) -> dict:
+    """Detect on ``surveys`` (ids) with ``model`` (id, model file, or ``"latest"``); ``stride`` in px."""
+    params = dict(locals())
+    st = Store(store)
+    run = RunRecord(st, "detect", params)
+    with run.failing(), cluster_session(cluster, workers):
+        model_id = resolve_model_id(st, model)
+        outcomes = [
+            run.add(
+                detect_task(
+                    str(st.root), sid, model_id, str(run.dir / "detect" / sid),
+                    stride=stride, threshold=threshold, truth=truth, run_id=run.run_id,
+                )
+            )
+            for sid in surveys
+        ]
+    return run.finish(
+        {"model_id": model_id, "detect": {o["outputs"]["survey_id"]: o["outputs"] for o in outcomes}},
+        headline=[detection_headline(o) for o in outcomes],
+        detections=top_detections([o["outputs"]["files"]["detections"] for o in outcomes]),
+        maps={f"{o['outputs']['survey_id']} {k}": v for o in outcomes for k, v in o["outputs"]["files"].items()},
+    )
