@@ -462,12 +462,14 @@ def write_change_maps(
     overwrite: bool = False,
     client: Any = None,
 ) -> dict[str, Any]:
-    """Write the change outputs into ``out_dir``, all or nothing; return their paths by name.
+    """Write the change outputs into ``out_dir``, all or nothing.
 
     ``change.tif`` (uint8 class codes 0 none, 1 new, 2 gone, 3 persisting, 255 nodata, with a
     colour table), ``change.geojson`` (one RFC 7946 feature per new/gone/persisting cell, with
     both probabilities), ``change.png`` (before, after, change), ``provenance.json`` and, with
-    ``truth``, ``metrics.json``. Also returns ``counts`` (cells per class) and ``metrics``.
+    ``truth``, ``metrics.json``. Returns ``paths`` (output files by name: ``change``,
+    ``geojson``, ``quicklook``, ``provenance``, maybe ``metrics``), ``counts`` (cells per
+    class) and ``metrics`` (the report dict, or None).
     """
     from pipeline.maps import footprints_geojson
 
@@ -476,7 +478,7 @@ def write_change_maps(
     after_s = store.survey(result.after.survey_id)
     grid = result.grid
     out_dir = Path(out_dir)
-    out: dict[str, Any] = {}
+    out: dict[str, Any] = {"metrics": None}
     with atomic_output_dir(out_dir, overwrite) as tmp:
         write_cog(
             tmp / CHANGE_FILES["change"], result.classes, grid.transform, grid.crs, NODATA,
@@ -516,8 +518,7 @@ def write_change_maps(
         }
         write_json(tmp / CHANGE_FILES["provenance"], provenance)
         written = [n for n, fn in CHANGE_FILES.items() if (tmp / fn).exists()]
-    for name in written:
-        out[name] = out_dir / CHANGE_FILES[name]
+    out["paths"] = {name: out_dir / CHANGE_FILES[name] for name in written}
     out["counts"] = result.counts()
     return out
 

@@ -603,7 +603,13 @@ def read_truth(path: str | os.PathLike) -> dict:
 
 
 def _is_target(props: Mapping[str, Any]) -> bool:
-    """Truth features that are objects to find: no ``kind``, or ``kind`` "dam"; others are hard negatives."""
+    """Truth features that are objects to find, not hard negatives.
+
+    ``class`` "dam" (the synthetic truth; ``class`` "hard_negative" is not), or, in a truth
+    without ``class``, a feature without a ``kind`` or with ``kind`` "dam".
+    """
+    if "class" in props:
+        return props["class"] == "dam"
     return props.get("kind", "dam") in ("dam", None)
 
 
@@ -633,9 +639,8 @@ def truth_points(
 ) -> tuple[np.ndarray, np.ndarray, list[dict]]:
     """Map coordinates (xs, ys) in ``crs`` and properties of the truth's target objects.
 
-    Target objects are features without a ``kind`` or with ``kind`` "dam" (hard negatives carry
-    another kind); with ``date``, only those whose ``dates`` list holds it. Each object is
-    located at the mean of its vertices.
+    Target objects: see :func:`_is_target` (hard negatives are left out); with ``date``, only
+    those whose ``dates`` list holds it. Each object is located at the mean of its vertices.
     """
     from rasterio.warp import transform as warp_transform
 
@@ -861,9 +866,9 @@ def write_detection_maps(
     """Write the detection outputs of one scored survey into ``out_dir``, all or nothing.
 
     ``threshold`` defaults to the model's decision threshold; ``cell`` (survey pixels) to the
-    grid's stride. ``truth`` (a GeoJSON path) adds ``metrics.json``. Returns the output paths
-    by name (``probability``, ``detections``, ``quicklook``, ``provenance``, maybe
-    ``metrics``), plus ``n_detections`` and, with truth, ``metrics`` (the dict).
+    grid's stride. ``truth`` (a GeoJSON path) adds ``metrics.json``. Returns ``paths``
+    (output files by name: ``probability``, ``detections``, ``quicklook``, ``provenance``, and
+    ``metrics`` with truth), ``n_detections``, and ``metrics`` (the report dict, or None).
     """
     threshold = float(predictions.threshold if threshold is None else threshold)
     if not 0.0 <= threshold <= 1.0:
@@ -872,7 +877,7 @@ def write_detection_maps(
     survey = store.survey(predictions.survey_id)
     grid = predictions.grid
     out_dir = Path(out_dir)
-    result: dict[str, Any] = {}
+    result: dict[str, Any] = {"metrics": None}
     with atomic_output_dir(out_dir, overwrite) as tmp:
         values, map_transform = probability_map(predictions.probabilities, grid, cell)
         write_cog(
@@ -924,7 +929,6 @@ def write_detection_maps(
         }
         write_json(tmp / DETECTION_FILES["provenance"], provenance)
         written = {n for n, fn in DETECTION_FILES.items() if (tmp / fn).exists()}
-    for name in written:
-        result[name] = out_dir / DETECTION_FILES[name]
+    result["paths"] = {name: out_dir / DETECTION_FILES[name] for name in sorted(written)}
     result["n_detections"] = len(detections["features"])
     return result

@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"change {before.id} -> {after.id} on {result.grid.shape[0]} x {result.grid.shape[1]} cells of "
           f"{result.grid.cell_size:g} map units: {counts['new']} new, {counts['gone']} gone, "
           f"{counts['persisting']} persisting; maps in {out}")
-    if "metrics" in written:
+    if written["metrics"] is not None:
         for name, m in written["metrics"]["classes"].items():
             print(f"  {name}: " + ", ".join(
                 f"{k} {m[k]:.3f}" if m[k] is not None else f"{k} n/a" for k in ("precision", "recall", "f1", "iou")))

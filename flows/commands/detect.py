@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     scored = int((predictions.probabilities == predictions.probabilities).sum())
     print(f"scored {scored} tiles of {survey.id} with model {predictions.model_id}: "
           f"{written['n_detections']} detection(s); maps in {out}")
-    if "metrics" in written:
+    if written["metrics"] is not None:
         m = written["metrics"]["overall"]
         print("tile metrics: " + ", ".join(
             f"{k} {m[k]:.3f}" if m[k] is not None else f"{k} n/a"
