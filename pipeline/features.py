@@ -495,6 +495,7 @@ class TileFeatures:
     values: Any
     valid_fraction: np.ndarray
     path: str | None = None
+    status: str = "opened"  # compute_features: "computed" or "reused"
 
     def as_table(self, min_valid: float = 0.5) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """``(X (N, F) float32, rows (N,), cols (N,))`` for tiles whose valid fraction ≥ ``min_valid`` (row-major)."""
@@ -549,6 +550,7 @@ def compute_features(
             existing = open_features(store, survey_id, spec, stride, size)
             attrs = dict(store.open_group(path).attrs)
             if attrs.get("source_sha256") == survey.source_sha256 and existing.grid == grid:
+                existing.status = "reused"
                 return existing
         except StoreError:
             pass  # incomplete or unreadable leftovers: recompute over them
@@ -609,7 +611,9 @@ def compute_features(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
-    return open_features(store, survey_id, spec, stride, size)
+    result = open_features(store, survey_id, spec, stride, size)
+    result.status = "computed"
+    return result
 
 
 def _store_packed(packed: Any, targets: list, client: Any) -> None:

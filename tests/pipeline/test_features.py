@@ -265,3 +265,36 @@ def test_missing_features_and_missing_bands_are_clear_errors(naip_store):
         open_features(naip_store, "naip-2009-08-18", "default", stride=96)
     with pytest.raises(InputError, match="multiple of the 32-cell thumbnail"):
         compute_features(naip_store, "naip-2009-08-18", size=100, stride=100)
+
+
+@pytest.mark.naip
+def test_features_command(naip_store, dask_client, capsys):
+    from flows.cli import main
+
+    store_dir = str(naip_store.root)
+    address = dask_client.scheduler.address
+    argv = ["features", "naip-2009-08-18", "--spec", "rgbn", "--stride", "64", "--store", store_dir, "--cluster", address]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    # 724 × 934 px at stride 64: 11 × 14 tiles; rgbn-v1 has 1047 features
+    assert "features naip-2009-08-18" in out and "rgbn-v1 (1047 features), 11 x 14 tiles of 128 px at stride 64" in out
+    stored = open_features(naip_store, "naip-2009-08-18", "rgbn", stride=64)
+    api = compute_features(naip_store, "naip-2009-08-18", "rgbn", stride=64, client=dask_client)
+    assert api.status == "reused"
+    np.testing.assert_array_equal(np.asarray(api.values[...]), np.asarray(stored.values[...]))
+
+    assert main(["features", "naip-2009-08-18", "--spec", "nope", "--store", store_dir, "--cluster", address]) == 2
+    err = capsys.readouterr().err
+    assert "error: unknown feature spec 'nope'" in err and "Traceback" not in err
+
+
+@pytest.mark.naip
+def test_features_command_refuses_a_survey_without_the_spec_bands(tmp_path, naip_files, capsys):
+    from flows.cli import main
+    from pipeline.store import Store, ingest
+
+    store = Store(tmp_path / "damwatch-data")
+    ingest(naip_files[0], "naip", "2009-08-18", store)  # no --bands: band1..band4
+    assert main(["features", "naip-2009-08-18", "--store", str(store.root)]) == 2
+    err = capsys.readouterr().err
+    assert "needs bands ['red', 'green', 'blue']" in err and "band1" in err

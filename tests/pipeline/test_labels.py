@@ -251,3 +251,29 @@ def test_ndwi_expression_labels_naip_ponds(tmp_path, naip_files, dask_client):
     stored = open_labels(store, "naip-2015-09-26")
     np.testing.assert_array_equal(stored.values, labels.values)
     assert stored.source == "expr:ndwi > 0 on >= 0.2 of the tile"
+
+
+def test_labels_command_from_file_and_expression(survey_store, truth_files, dask_client, capsys):
+    from flows.cli import main
+
+    store_dir = str(survey_store.root)
+    argv = ["labels", "plot-2021-06-01", "--from", str(truth_files[0]), "--where", "class=dam,other",
+            "--on-date", "survey", "--name", "cli", "--store", store_dir]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "4 of 6 objects selected, 1 of them outside the raster: 3 positive, 12 negative, 5 unknown" in out
+    direct = labels_from_vector(survey_store, "plot-2021-06-01", truth_files[0], where={"class": ["dam", "other"]},
+                                on_date="survey", save=False)
+    np.testing.assert_array_equal(open_labels(survey_store, "plot-2021-06-01", "cli").values, direct.values)
+
+    # the constructed survey is 100 everywhere: "nir > 50" holds on every valid pixel
+    argv = ["labels", "plot-2021-06-01", "--expr", "nir > 50", "--name", "bright", "--store", store_dir,
+            "--cluster", dask_client.scheduler.address]
+    assert main(argv) == 0
+    assert "15 positive, 0 negative, 5 unknown" in capsys.readouterr().out
+
+    assert main(["labels", "plot-2021-06-01", "--expr", "swir > 0", "--store", store_dir]) == 2
+    err = capsys.readouterr().err
+    assert "names swir, which survey plot-2021-06-01 does not have" in err and "Traceback" not in err
+    assert main(["labels", "plot-2021-06-01", "--from", str(truth_files[0]), "--where", "class", "--store", store_dir]) == 2
+    assert "is not KEY=VALUE" in capsys.readouterr().err
