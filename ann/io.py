@@ -293,6 +293,10 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None =
 
     # -- the weights ---------------------------------------------------------------------------
     names = _array_names(template.n_layers)
+    if not zipfile.is_zipfile(npz_path):  # np.load would try anything else as a pickle
+        raise ModelFileError(
+            f"weights file {npz_path} is truncated or not an .npz archive (no zip directory): save the model again"
+        )
     try:
         with np.load(npz_path, allow_pickle=False) as npz:
             found = list(npz.files)
