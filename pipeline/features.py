@@ -250,8 +250,7 @@ def tile_features(tiles: np.ndarray, valid: np.ndarray | None, spec: FeatureSpec
     out = np.full((n, spec.n_features), np.nan, dtype=np.float32)
     if n == 0:
         return out
-    x = tiles.astype(np.float32)  # (N, B, S, S)
-    x *= np.float32(scale)
+    x = tiles.astype(np.float32)  # (N, B, S, S) raw values; ``scale`` is applied to results below
 
     # -- nodata: statistics over valid pixels, spatial features on mean-filled tiles ----------
     if valid is not None and not valid.all():
@@ -268,14 +267,15 @@ def tile_features(tiles: np.ndarray, valid: np.ndarray | None, spec: FeatureSpec
     col = 0
     t, k = spec.thumbnail, s // spec.thumbnail
     bi = {b: i for i, b in enumerate(spec.bands)}
-    gray = LUMA["red"] * x[:, bi["red"]] + LUMA["green"] * x[:, bi["green"]] + LUMA["blue"] * x[:, bi["blue"]]  # (N, S, S)
+    luma = {b: np.float32(w * scale) for b, w in LUMA.items()}  # scaling folded into the weights
+    gray = luma["red"] * x[:, bi["red"]] + luma["green"] * x[:, bi["green"]] + luma["blue"] * x[:, bi["blue"]]  # (N, S, S) in [0, 1]
 
     cells = gray.reshape(n, t, k, t, k)
     thumb = cells.mean(axis=(2, 4))  # (N, t, t)
     out[:, col : col + t * t] = thumb.reshape(n, t * t)
     col += t * t
 
-    stats = np.stack([band_mean, band_std], axis=-1).reshape(n, -1)  # mean_b0, std_b0, mean_b1, ...
+    stats = np.stack([band_mean, band_std], axis=-1).reshape(n, -1) * scale  # mean_b0, std_b0, mean_b1, ...
     out[:, col : col + stats.shape[1]] = stats
     col += stats.shape[1]
 
@@ -302,8 +302,8 @@ def tile_features(tiles: np.ndarray, valid: np.ndarray | None, spec: FeatureSpec
 
     bins = spec.orientation_bins
     angle = np.arctan2(gy, gx)  # (-π, π]; folding to [0, π) below ignores the edge's polarity
-    bin_index = np.rint(angle * np.float32(bins / np.pi)).astype(np.int64) % bins  # centred bins
-    bin_index += (np.arange(n) * bins)[:, None, None]
+    bin_index = np.rint(angle * np.float32(bins / np.pi)).astype(np.int32) % bins  # centred bins
+    bin_index += (np.arange(n, dtype=np.int32) * bins)[:, None, None]
     hist = np.bincount(bin_index.ravel(), weights=magnitude.ravel(), minlength=n * bins).reshape(n, bins)
     with np.errstate(invalid="ignore", divide="ignore"):
         out[:, col : col + bins] = np.where(total[:, None] > 0, hist / total[:, None], 0.0)
