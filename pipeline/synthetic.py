@@ -239,10 +239,14 @@ class Lake:
 class Dam:
     """A beaver dam: barrier across a channel at (x, y), ponding water upstream.
 
-    (ux, uy) is the unit downstream direction. In the dam's frame (u downstream, v to the
-    left of it) the barrier is the arc u = -curve * (1 - (v / barrier_half)**2), |v| <=
-    barrier_half, ``thickness`` m thick; the pond is the half-ellipse u < arc,
-    (u / pond_length)**2 + (v / pond_half)**2 < 1 (noisy shore). ``exists[k]``: standing on date k.
+    (ux, uy) is the unit downstream direction. In the dam's frame (u downstream, v across)
+    the barrier is the arc u = curve * (v / barrier_half)**2, |v| <= barrier_half,
+    ``thickness`` m thick: its middle, (x, y), sits on the channel and its ends bend downstream
+    (convex upstream, as beaver dams are). The pond is the channel upstream flooded to
+    ``pond_half`` m either side of it at the barrier, narrowing over ``pond_length`` m
+    (``pond``: centreline from the barrier upstream with half-widths; noisy shore), cut off at
+    the barrier. ``exists[k]``: standing on date k. The dam sits on vertex ``vertex`` of
+    ``scene.streams[stream_id]``.
     """
 
     id: str
@@ -260,13 +264,15 @@ class Dam:
     thickness: float
     channel_half: float
     seed: int
+    stream_id: int
+    vertex: int
     pond: Polylines = field(repr=False)  # the flooded channel: upstream centreline, half-widths
 
     def pond_centre(self) -> tuple[float, float]:
         """A point well inside the pond (m): on the channel, a third of the pond upstream."""
         pts = np.stack([self.pond.ax, self.pond.ay], axis=1)
         s = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
-        i = int(np.searchsorted(s, self.curve + self.pond_length / 3))
+        i = int(np.searchsorted(s, self.pond_length / 3))
         return float(pts[min(i, len(pts) - 1), 0]), float(pts[min(i, len(pts) - 1), 1])
 
     @property
@@ -786,7 +792,7 @@ def build_scene(
                 pond_length=float(pond_length), pond_half=float(pond_half),
                 barrier_half=float(pond_half + rng.uniform(1.5, 4.0)),
                 curve=float(rng.uniform(0.12, 0.3) * pond_half), thickness=float(rng.uniform(2.0, 3.2)),
-                channel_half=ch, seed=int(rng.integers(0, 2**31)), pond=pond,
+                channel_half=ch, seed=int(rng.integers(0, 2**31)), stream_id=k, vertex=i, pond=pond,
             )
         )
         dam_pts.add(x, y)
@@ -814,7 +820,7 @@ def build_scene(
             parent_near = stream_index.near(*s["points"][i], pond_half + 10)
             if any(owner[j] == allow[0] for j in parent_near):
                 continue
-        pond_length = float(pond_half * rng.uniform(1.6, 3.2))
+        pond_length = float(min(pond_half * rng.uniform(1.6, 2.8), 80.0))
         if i < pond_length / STEP_M + 8 or i > len(s["points"]) - 10:
             continue
         x, y = s["points"][i]
@@ -864,7 +870,7 @@ def build_scene(
             n_span = int(rng.integers(2, 4))
             prof = np.ones(len(s["half"]))
             j = np.arange(len(prof))
-            prof -= rng.uniform(0.5, 0.65) * np.clip(1 - np.abs(j - i) / (n_span + 1), 0, 1)
+            prof -= rng.uniform(0.4, 0.5) * np.clip(1 - np.abs(j - i) / (n_span + 1), 0, 1)
             s["half"] = s["half"] * prof
             neg = dict(kind=kind, x=x, y=y, ux=t[0], uy=t[1], length=ch + 4, width=0.0)
         elif rng.random() < 0.5:
@@ -968,7 +974,7 @@ _PALETTE = {
     "shallow": ((0.090, 0.125, 0.100, 0.050), (0.100, 0.120, 0.095, 0.050)),
     "pond": ((0.045, 0.060, 0.048, 0.025), (0.050, 0.060, 0.048, 0.025)),
     "reeds": ((0.120, 0.165, 0.075, 0.30), (0.220, 0.200, 0.120, 0.28)),
-    "mud": ((0.270, 0.235, 0.185, 0.22), (0.290, 0.250, 0.195, 0.23)),
+    "mud": ((0.200, 0.190, 0.150, 0.20), (0.220, 0.205, 0.160, 0.21)),
     "bank": ((0.150, 0.150, 0.110, 0.22), (0.170, 0.160, 0.120, 0.22)),
     "dam": ((0.285, 0.245, 0.190, 0.20), (0.290, 0.250, 0.195, 0.20)),
     "snag": ((0.420, 0.400, 0.370, 0.27), (0.420, 0.400, 0.370, 0.27)),
@@ -1072,10 +1078,11 @@ def _frame(xs, ys, x0, y0, ux, uy):
 
 
 def _snags(xs, ys, seed: int, density: float, spacing: float = 5.0):
-    """Standing trees on a jittered lattice: (crown coverage, shadow-free mask helper).
+    """Standing trees on a jittered lattice: signed distance (m) to the cell's tree crown.
 
-    One tree at most per ``spacing``-m cell, at a hashed position, present with probability
-    ``density``; returns the distance (m) from each pixel to its cell's tree (inf where none).
+    One tree at most per ``spacing``-m cell, at a hashed position with a hashed crown radius
+    (0.5-1.4 m), present with probability ``density``; negative inside the crown, inf where
+    the cell has no tree.
     """
     fx = xs / spacing
     fy = ys / spacing
@@ -1087,7 +1094,8 @@ def _snags(xs, ys, seed: int, density: float, spacing: float = 5.0):
     present = _unit(_mix(h ^ np.uint32(0x5BD1E995))) < _F32(density)
     dx = ((fx - np.floor(fx)).astype(_F32)[None, :] - jx) * _F32(spacing)
     dy = ((fy - np.floor(fy)).astype(_F32)[:, None] - jy) * _F32(spacing)
-    dist = np.sqrt(dx * dx + dy * dy)
+    radius = _F32(0.5) + _F32(0.9) * _unit(_mix(h ^ np.uint32(0x27D4EB2F)))
+    dist = np.sqrt(dx * dx + dy * dy) - radius
     return np.where(present, dist, _F32(np.inf))
 
 
@@ -1166,7 +1174,7 @@ def render_block(scene: Scene, date_index: int, row0: int, col0: int, height: in
     old_field = zone > _F32(0.46)  # a meadow margin between forest and cropland
     conifer = zone > _F32(0.62) + _F32(0.1) * coarse
     shrub_w = _F32(10.0) + _F32(30.0) * rip_noise
-    open_w = _F32(3.0) + _F32(9.0) * rip_noise
+    open_w = _F32(1.0) + _F32(10.0) * rip_noise * rip_noise
     riparian = dist_stream < shrub_w
     wet = dist_stream < open_w
 
@@ -1182,40 +1190,62 @@ def render_block(scene: Scene, date_index: int, row0: int, col0: int, height: in
     pu = np.floor(fu)
     fu -= pu
     pu = pu.astype(np.int64)
-    strip = _hash(pu, np.int64(7), sd["field"])
-    off = _unit(strip) * _F32(PH)
-    ph_strip = _F32(PH) * (_F32(0.55) + _F32(0.9) * _unit(_mix(strip)))  # parcel length varies by strip
+    # Per-strip and per-parcel values come from small tables over the block's parcel indices
+    # (hashing the few indices once, then gathering), not from a hash per pixel.
+    pu0 = int(pu.min())
+    pu_range = np.arange(pu0, int(pu.max()) + 1)
+    strip = _hash(pu_range, np.int64(7), sd["field"])
+    jpu = pu - pu0
+    off = (_unit(strip) * _F32(PH))[jpu]
+    ph_strip = (_F32(PH) * (_F32(0.55) + _F32(0.9) * _unit(_mix(strip))))[jpu]  # parcel length varies by strip
     fv = (v + off) / ph_strip
     pv = np.floor(fv)
     fv -= pv
     pv = pv.astype(np.int64)
-    split = _hash(pu, pv, sd["field"] + 1)
+    pv0 = int(pv.min())
+    pv_range = np.arange(pv0, int(pv.max()) + 1)
+    n_pv = len(pv_range)
+    split_tab = _hash(pu_range[:, None], pv_range[None, :], sd["field"] + 1)  # (n_pu, n_pv)
+    cell = jpu * n_pv + (pv - pv0)
+    split = split_tab.ravel()[cell]
     cut = _F32(0.3) + _F32(0.4) * _unit(split)
-    half = (fu > cut) & ((split & np.uint32(3)) != 0)  # three parcels in four are split in two
-    ph = _hash(pu * 2 + half, pv, cond.crop_seed ^ sd["field"])
-    klass = (ph & np.uint32(7)).astype(np.int64)
-    table = np.stack([pal[name] for name in _FIELD_CLASSES])  # (8, 4)
-    along = (ph >> np.uint32(3)) & np.uint32(1)
-    period = _F32(3.0) + _F32(3.0) * _unit(_mix(ph))
-    stripe_coord = np.where(along.astype(bool), u, v) / period
+    is_split = (split & np.uint32(3)) != 0  # three parcels in four are split in two
+    half = (fu > cut) & is_split
+    sub = np.stack([pu_range * 2, pu_range * 2 + 1], axis=1).ravel()  # (2 n_pu,) sub-parcel ids
+    ph_tab = _hash(sub[:, None], pv_range[None, :], cond.crop_seed ^ sd["field"]).ravel()
+    parcel = (jpu * 2 + half) * n_pv + (pv - pv0)
+    klass_tab = (ph_tab & np.uint32(7)).astype(np.uint8)
+    klass = klass_tab[parcel]
+    along = ((ph_tab >> np.uint32(3)) & np.uint32(1)).astype(bool)[parcel]
+    inv_period = (_F32(1.0) / (_F32(3.0) + _F32(3.0) * _unit(_mix(ph_tab))))[parcel]
+    amp_tab = np.where(np.isin(klass_tab, (2, 3, 7)), _F32(0.05), _F32(0.16)).astype(_F32)
+    stripe_coord = np.where(along, u, v) * inv_period
     stripe = np.abs(stripe_coord - np.floor(stripe_coord) - _F32(0.5)) * _F32(2.0)  # triangle 0..1
-    row_amp = np.where((klass == 2) | (klass == 3) | (klass == 7), _F32(0.05), _F32(0.16))
-    field_tex = (_F32(1.0) + row_amp * (stripe - _F32(0.5))) * (_F32(0.9) + _F32(0.2) * coarse)
-    edge_u = np.minimum(np.minimum(fu, _F32(1.0) - fu), np.where((split & np.uint32(3)) != 0, np.abs(fu - cut), _F32(1.0)))
+    field_tex = (_F32(1.0) + amp_tab[parcel] * (stripe - _F32(0.5))) * (_F32(0.9) + _F32(0.2) * coarse)
+    edge_u = np.minimum(np.minimum(fu, _F32(1.0) - fu), np.where(is_split, np.abs(fu - cut), _F32(1.0)))
     edge = np.minimum(edge_u * _F32(PW), np.minimum(fv, _F32(1.0) - fv) * ph_strip)
     margin = edge < _F32(2.5)
+
+    # One land-cover class per pixel (a row of `cover`) and a brightness factor for texture.
+    cover = np.stack([pal[name] for name in _FIELD_CLASSES + ("meadow", "meadow", "shrub", "forest", "conifer", "wet_meadow")])
+    MARGIN, OLD_FIELD, SHRUB, FOREST, CONIFER, WET = range(8, 14)
+    shrub_fac = _F32(0.5) + _F32(0.5) * canopy
+    cls = np.where(margin, np.uint8(MARGIN), klass)
+    fac = np.where(margin, _F32(0.8) + _F32(0.3) * c1, field_tex)
+    np.copyto(cls, np.uint8(OLD_FIELD), where=old_field)
+    np.copyto(fac, _F32(0.85) + _F32(0.15) * c1 + _F32(0.1) * coarse, where=old_field)
+    np.copyto(cls, np.uint8(SHRUB), where=riparian)
+    np.copyto(fac, shrub_fac, where=riparian)
+    np.copyto(cls, np.where(conifer, np.uint8(CONIFER), np.uint8(FOREST)), where=forest)
+    np.copyto(fac, canopy, where=forest)
+    wooded = forest | riparian
+    np.copyto(cls, np.where(wooded, np.uint8(WET), np.uint8(SHRUB)), where=wet)
+    np.copyto(fac, np.where(wooded, _F32(0.85) + _F32(0.3) * c2, shrub_fac), where=wet)
 
     n_bands = 4
     C = np.empty((n_bands, H, W), _F32)
     for b in range(n_bands):
-        fld = table[klass, b] * field_tex
-        fld = np.where(margin, pal["meadow"][b] * (_F32(0.8) + _F32(0.3) * c1), fld)
-        shrub = pal["shrub"][b] * (_F32(0.5) + _F32(0.5) * canopy)
-        wetm = pal["wet_meadow"][b] * (_F32(0.85) + _F32(0.3) * c2)
-        tree = np.where(conifer, pal["conifer"][b], pal["forest"][b]) * canopy
-        fld = np.where(old_field, pal["meadow"][b] * (_F32(0.85) + _F32(0.15) * c1 + _F32(0.1) * coarse), fld)
-        out = np.where(forest, tree, np.where(riparian, shrub, fld))
-        C[b] = np.where(wet, np.where(forest | riparian, wetm, shrub), out)
+        np.multiply(np.take(cover[:, b], cls), fac, out=C[b])
 
     shore_noise = None
     # --- lakes: noisy union of discs, shallow margin, rushes on the shore.
@@ -1303,7 +1333,7 @@ def _draw_dam(C, win, xs, ys, dam: Dam, k: int, pal, p: float, stream_alpha, con
     drained = not standing and dam.status == "gone"
     if not standing and not drained:
         return  # not built yet: the channel alone
-    arc = -_F32(dam.curve) * (_F32(1.0) - (v / _F32(dam.barrier_half)) ** 2)
+    arc = _F32(dam.curve) * (v / _F32(dam.barrier_half)) ** 2
     shape_noise = _noise(lxs, lys, 9.0, dam.seed)
     qp, _ = _polyline_field(dam.pond, lxs, lys, reach=1.0)
     f = qp + _F32(0.5) * (shape_noise - _F32(0.5))
@@ -1311,21 +1341,24 @@ def _draw_dam(C, win, xs, ys, dam: Dam, k: int, pal, p: float, stream_alpha, con
     inner = np.minimum((_F32(1.0) - f) * _F32(0.5 * dam.pond_half), arc - half_t - u + _F32(0.5))
     pond = _soft(inner, p)
     old = dam.status != "new"
-    trees = _snags(lxs, lys, dam.seed, 0.55 if old else 0.35, spacing=6.0)
-    crown = _soft(_F32(1.1 if old else 1.6) - trees, p) * pond
-    shadow_d = _snags(lxs + cond.sun[0] * 2.5, lys + cond.sun[1] * 2.5, dam.seed, 0.55 if old else 0.35, spacing=6.0)
+    density = 0.3 if old else 0.25
+    trees = _snags(lxs, lys, dam.seed, density, spacing=6.0)
+    crown = _soft(-trees if old else _F32(0.6) - trees, p) * pond
+    shadow_d = _snags(lxs + cond.sun[0] * 2.5, lys + cond.sun[1] * 2.5, dam.seed, density, spacing=6.0)
     if standing:
         # Ponded water, a muddy/reedy rim, drowned trees (grey snags; still green if new).
         rim = _soft(inner + _F32(2.0), p) * _F32(0.45)
         _blend(C, rim, pal["reeds"] if old else pal["wet_meadow"], win)
-        tone = _F32(0.85) + _F32(0.3) * shape_noise
+        tone = _F32(0.8) + _F32(0.4) * shape_noise
         water = pal["pond"][:, None, None] * tone[None]
         _blend(C, pond, water, win)
-        snag_shadow = _soft(_F32(1.0) - shadow_d, p) * pond * _F32(0.5)
+        snag_shadow = _soft(-shadow_d, p) * pond * _F32(0.5)
         for b in range(C.shape[0]):
             C[b][win] *= _F32(1.0) - snag_shadow * _F32(0.6)
         _blend(C, crown, pal["snag"] if old else pal["shrub"] * _F32(1.2), win)
-        barrier_e = np.minimum(half_t - np.abs(u - arc), _F32(dam.barrier_half) - np.abs(v))
+        # The barrier spans the pond where it meets the arc, and keys a few metres into the banks.
+        span = (_F32(1.0) - f) * _F32(0.5 * dam.pond_half) + _F32(3.0)
+        barrier_e = np.minimum(np.minimum(half_t - np.abs(u - arc), _F32(dam.barrier_half) - np.abs(v)), span)
         barrier = _soft(barrier_e + _F32(0.6) * (shape_noise - _F32(0.5)), p)
     else:
         # Breached: the pond has drained to mud with regrowth; the channel runs through it.
@@ -1499,7 +1532,7 @@ def truth_geojson(scene: Scene) -> dict:
                     "context": dam.context,
                     "dates": [d for d, e in zip(dates, dam.exists) if e],
                     "barrier_length_m": round(2 * dam.barrier_half, 1),
-                    "pond_length_m": round(dam.pond_length + dam.curve, 1),
+                    "pond_length_m": round(dam.pond_length, 1),
                     "pond_width_m": round(2 * dam.pond_half, 1),
                 },
             }

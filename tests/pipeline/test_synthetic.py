@@ -1,0 +1,242 @@
+"""Synthetic surveys: determinism, files as declared, and truth that agrees with the pixels.
+
+References: the bytes of another run (other block size, worker count), block renders against
+one render of the whole window, the scene's own vector geometry for where the truth must be,
+a pixel water test independent of the generator (NDWI > 0 and dark near-infrared, as the NAIP
+README states for real water), and rasterio's reprojection of the truth back to UTM.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+import rasterio
+
+from pipeline.synthetic import (
+    STEP_M,
+    TILE,
+    build_scene,
+    generate_area,
+    morton_blocks,
+    render_block,
+)
+
+DATES = ["2023-06-01", "2024-06-01"]
+SIZE, SEED = 1536, 8  # seed 8 at 1536 px: dams on a main stream, side channels and a lake outlet
+
+
+@pytest.fixture(scope="module")
+def area(tmp_path_factory):
+    return generate_area(tmp_path_factory.mktemp("synth") / "a", "creek", DATES, SIZE, SEED, block=512, workers=2, progress=False)
+
+
+@pytest.fixture(scope="module")
+def images(area):
+    out = {}
+    for k, path in enumerate(area.surveys.values()):
+        with rasterio.open(path) as ds:
+            out[k] = ds.read()
+    return out
+
+
+def _digest(directory) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+# --- determinism ------------------------------------------------------------------------------
+
+
+def test_same_seed_gives_identical_files_whatever_block_size_or_worker_count(area, tmp_path):
+    again = generate_area(tmp_path / "b", "creek", DATES, SIZE, SEED, block=1024, workers=1, progress=False)
+    assert _digest(again.out_dir) == _digest(area.out_dir)
+    assert len(_digest(area.out_dir)) == 6  # 2 GeoTIFFs, 2 quicklooks, truth, manifest
+
+
+def test_a_block_renders_the_same_pixels_as_the_same_window_of_a_larger_render():
+    scene = build_scene("creek", DATES, 1024, 3)
+    whole = render_block(scene, 1, 0, 0, 600, 700)
+    # Odd offsets and shapes: nothing about a block's position or size may leak into pixels.
+    for r0, c0, h, w in [(0, 0, 600, 700), (101, 37, 130, 77), (512, 512, 88, 188), (599, 1, 1, 699)]:
+        np.testing.assert_array_equal(render_block(scene, 1, r0, c0, h, w), whole[:, r0 : r0 + h, c0 : c0 + w])
+
+
+def test_a_different_seed_gives_a_different_scene(area, images):
+    other = build_scene("creek", DATES, SIZE, SEED + 1)
+    pixels = render_block(other, 0, 0, 0, 512, 512)
+    differ = np.mean(np.any(pixels != images[0][:, :512, :512], axis=0))
+    assert differ > 0.5
+    assert [(d.x, d.y) for d in other.dams] != [(d.x, d.y) for d in area.scene.dams]
+
+
+@pytest.mark.parametrize(
+    "size, block",
+    [
+        (2048, 512),  # a whole number of blocks
+        (2048, 1024),
+        (1500, 512),  # partial blocks and tiles on the right and bottom edges
+        (1500, 1024),
+        (700, 2048),  # one block larger than the image
+    ],
+)
+def test_morton_blocks_cover_the_image_once_and_visit_tiles_in_one_order(size, block):
+    from pipeline.synthetic import _tile_order
+
+    covered = np.zeros((size, size), np.int32)
+    tiles = []
+    for r0, c0, h, w in morton_blocks(size, block):
+        covered[r0 : r0 + h, c0 : c0 + w] += 1
+        tiles += [(r0 + tr, c0 + tc) for tr, tc in _tile_order(h, w)]
+    assert (covered == 1).all()
+    reference = [(r0, c0) for r0, c0, _, _ in morton_blocks(size, TILE)]
+    assert tiles == reference
+
+
+# --- the files are what they say --------------------------------------------------------------
+
+
+def test_geotiffs_open_with_the_declared_crs_transform_bands_and_layout(area):
+    scene = area.scene
+    for k, (date, path) in enumerate(area.surveys.items()):
+        assert path.name == f"creek-{date}.tif"
+        with rasterio.open(path) as ds:
+            assert ds.crs.to_epsg() == 32618
+            assert ds.transform == scene.transform(k)
+            assert ds.transform.a == 1.0 and ds.transform.e == -1.0
+            assert (ds.width, ds.height, ds.count) == (SIZE, SIZE, 4)
+            assert ds.dtypes == ("uint8",) * 4
+            assert ds.descriptions == ("red", "green", "blue", "nir")
+            assert ds.block_shapes == [(TILE, TILE)] * 4
+            assert ds.compression.value.lower() == "deflate"
+    # The later date's footprint is shifted by whole pixels, as its manifest says.
+    manifest = json.loads(area.manifest.read_text())
+    assert [s["transform"] for s in manifest["surveys"]] == [list(scene.transform(k))[:6] for k in range(2)]
+    assert manifest["surveys"][1]["footprint_offset_px"] != [0, 0] or manifest["surveys"][1]["misregistration_m"] != {"east": 0.0, "north": 0.0}
+
+
+def test_rgb_only_when_nir_is_off(tmp_path):
+    result = generate_area(tmp_path / "rgb", "creek", ["2024-06-01"], 512, 1, nir=False, workers=1, progress=False)
+    with rasterio.open(result.surveys["2024-06-01"]) as ds:
+        assert ds.count == 3 and ds.descriptions == ("red", "green", "blue")
+        # The same scene with NIR has the same red, green and blue.
+        np.testing.assert_array_equal(ds.read(), render_block(result.scene, 0, 0, 0, 512, 512)[:3])
+
+
+def test_quicklooks_are_pngs_at_a_fixed_fraction_of_the_raster(area):
+    from PIL import Image
+
+    for path in area.quicklooks.values():
+        with Image.open(path) as img:
+            assert img.format == "PNG" and img.size == (SIZE // 2, SIZE // 2)  # 1536 px -> 768
+
+
+# --- truth agrees with the scene and the pixels ----------------------------------------------
+
+
+def test_truth_is_rfc7946_and_reprojects_onto_the_scene_objects(area):
+    from rasterio.warp import transform
+
+    doc = json.loads(area.truth.read_text())
+    assert doc["type"] == "FeatureCollection" and "crs" not in doc
+    scene = area.scene
+    dams = [f for f in doc["features"] if f["properties"]["class"] == "dam"]
+    negatives = [f for f in doc["features"] if f["properties"]["class"] == "hard_negative"]
+    assert len(dams) == len(scene.dams) and len(negatives) == len(scene.negatives)
+    lon, lat = np.array([f["geometry"]["coordinates"] for f in doc["features"]]).T
+    assert ((-76 < lon) & (lon < -74) & (40 < lat) & (lat < 50)).all()  # UTM 18N, WGS84 lon/lat
+    east, north = (np.asarray(v) for v in transform("EPSG:4326", "EPSG:32618", lon, lat))
+    objects = list(scene.dams) + list(scene.negatives)
+    want_e, want_n = scene.to_map([o.x for o in objects], [o.y for o in objects])
+    np.testing.assert_allclose(east, want_e, atol=0.01)  # 8 decimals of a degree: ~1 mm
+    np.testing.assert_allclose(north, want_n, atol=0.01)
+    # Every dam is inside every date's raster.
+    for k in range(len(DATES)):
+        with rasterio.open(area.surveys[DATES[k]]) as ds:
+            left, bottom, right, top = ds.bounds
+        assert ((left < east[: len(dams)]) & (east[: len(dams)] < right)).all()
+        assert ((bottom < north[: len(dams)]) & (north[: len(dams)] < top)).all()
+
+
+def test_truth_properties_say_status_context_and_dates_consistently(area):
+    doc = json.loads(area.truth.read_text())
+    seen_status, seen_context = set(), set()
+    for f in doc["features"]:
+        p = f["properties"]
+        if p["class"] == "dam":
+            want = {"new": [DATES[1]], "gone": [DATES[0]], "persisting": DATES}[p["status"]]
+            assert p["dates"] == want, p
+            seen_status.add(p["status"])
+            seen_context.add(p["context"])
+        else:
+            assert p["kind"] in {"road_crossing", "culvert", "fallen_tree", "narrows", "pond_without_dam"}
+            assert p["dates"] == DATES
+    assert seen_status == {"new", "gone", "persisting"}
+    assert seen_context == {"main_stream", "side_channel", "lake_outlet"}
+
+
+def _water(pixels: np.ndarray) -> np.ndarray:
+    """Open water from the pixels alone: NDWI > 0 and a dark near-infrared."""
+    green, nir = pixels[1].astype(np.int32), pixels[3].astype(np.int32)
+    return (green > nir) & (nir < 45)
+
+
+def _water_across(scene, k, water, stream, vertex, half_length) -> float:
+    """Metres of water on a line across the channel at ``vertex``, sampled every 0.25 m."""
+    pts = stream.points
+    tangent = pts[min(vertex + 2, len(pts) - 1)] - pts[max(vertex - 2, 0)]
+    tangent = tangent / np.hypot(*tangent)
+    t = np.arange(-half_length, half_length, 0.25)
+    xs = pts[vertex, 0] - tangent[1] * t
+    ys = pts[vertex, 1] + tangent[0] * t
+    rows, cols = scene.to_pixel(k, xs, ys)  # where the point appears in date k's image
+    return float(water[np.floor(rows).astype(int), np.floor(cols).astype(int)].sum() * 0.25)
+
+
+def test_each_dam_shows_barrier_pond_upstream_and_narrow_channel_downstream(area, images):
+    scene = area.scene
+    water = {k: _water(images[k]) for k in images}
+    for dam in scene.dams:
+        stream = scene.streams[dam.stream_id]
+        up = dam.vertex - max(2, round(dam.pond_length / 3 / STEP_M))
+        down = dam.vertex + round((dam.curve + dam.thickness + 8) / STEP_M)
+        widths = {}
+        for k, standing in enumerate(dam.exists):
+            img = images[k]
+            row, col = (int(np.floor(v)) for v in scene.to_pixel(k, dam.x, dam.y))
+            red, nir = int(img[0, row, col]), int(img[3, row, col])
+            if standing:
+                # The barrier: neither water nor vegetation (red about as bright as near-infrared).
+                assert not water[k][row, col] and nir > 30 and red > 0.8 * nir, (dam.id, k, img[:, row, col])
+            else:
+                # Not built yet, or breached: the channel flows through where the barrier stands.
+                assert water[k][row, col], (dam.id, k, img[:, row, col])
+            widths[k] = (
+                _water_across(scene, k, water[k], stream, up, dam.pond_half + 6),
+                _water_across(scene, k, water[k], stream, down, 2 * dam.channel_half + 6),
+            )
+            if standing:
+                up_w, down_w = widths[k]
+                assert up_w >= 1.8 * down_w and up_w >= 8, (dam.id, k, widths[k])
+        # A new dam's pond appears, a gone dam's pond drains: compare the two dates upstream.
+        if dam.status != "persisting" and dam.context != "lake_outlet":
+            before, after = (widths[k][0] for k in range(2))
+            wet, dry = (after, before) if dam.status == "new" else (before, after)
+            assert dry <= 0.5 * wet, (dam.id, dam.status, widths)
+
+
+def test_hard_negatives_have_no_pond_and_no_barrier_where_truth_puts_them(area, images):
+    scene = area.scene
+    water = _water(images[0])
+    for neg in scene.negatives:
+        if neg.kind == "pond_without_dam" and neg.width > 0:
+            # An off-channel pond: water at its centre, away from every channel.
+            row, col = (int(np.floor(v)) for v in scene.to_pixel(0, neg.x, neg.y))
+            assert water[row, col], neg
+        if neg.kind == "road_crossing":
+            row, col = (int(np.floor(v)) for v in scene.to_pixel(0, neg.x, neg.y))
+            assert not water[row, col], neg  # the road passes over the channel
+    # No dam sits on any hard negative's spot.
+    for neg in scene.negatives:
+        assert min(np.hypot(d.x - neg.x, d.y - neg.y) for d in scene.dams) > 30
