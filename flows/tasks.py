@@ -428,3 +428,80 @@ def change_task(
         }
 
     return run_stage(store, "change", f"{model_id}/{before_id}..{after_id}", inputs, _files_exist, work, run_id)
+
+
+@task(name="synth", **RETRY)
+def synth_task(
+    out_dir: str,
+    store_root: str,
+    area: str = "creek",
+    dates: list[str] | None = None,
+    size: int = 4096,
+    seed: int = 7,
+    workers: int | None = None,
+    run_id: str | None = None,
+) -> dict:
+    """Generate a synthetic area (one GeoTIFF per date + truth GeoJSON) into ``out_dir``.
+
+    ``size`` is the raster edge in pixels (1 m); the same (area, dates, size, seed) always gives
+    the same bytes, so an existing output for those settings is reused.
+    """
+    from pipeline.synthetic import generate_area
+
+    dates = list(dates or ["2023-06-01", "2024-06-01"])
+    store = Store(store_root)
+    inputs = {"area": area, "dates": dates, "size": size, "seed": seed}
+
+    def outputs_exist(outputs: Mapping[str, Any]) -> bool:
+        return all(Path(p).is_file() for p in [*outputs["surveys"].values(), outputs["truth"]])
+
+    def work() -> dict:
+        result = generate_area(out_dir, area, dates, size=size, seed=seed, workers=workers, overwrite=True)
+        return {
+            "area": area,
+            "surveys": {d: str(p) for d, p in result.surveys.items()},
+            "truth": str(result.truth),
+            "quicklooks": {d: str(p) for d, p in result.quicklooks.items()},
+        }
+
+    return run_stage(store, "synth", f"{area}-{size}-{seed}", inputs, outputs_exist, work, run_id)
+
+
+@task(name="labels", **RETRY)
+def labels_task(
+    store_root: str,
+    survey_id: str,
+    truth: str,
+    where: dict[str, Any] | None = None,
+    stride: int = 128,
+    size: int = 128,
+    run_id: str | None = None,
+) -> dict:
+    """Label the tiles of ``survey_id`` from the objects in ``truth`` standing on the survey's date."""
+    from pipeline.labels import labels_from_vector, labels_path, open_labels
+    from pipeline.tiling import TileGrid
+
+    store = Store(store_root)
+    survey = store.survey(survey_id)
+    inputs = {"source_sha256": survey.source_sha256, "truth_sha256": file_sha256(truth), "where": where,
+              "stride": stride, "size": size}
+
+    def outputs_exist(outputs: Mapping[str, Any]) -> bool:
+        try:
+            return open_labels(store, survey_id, stride=stride, size=size).source == outputs["source"]
+        except DamwatchError:
+            return False
+
+    def work() -> dict:
+        grid = TileGrid.for_survey(survey, size=size, stride=stride)
+        labels = labels_from_vector(store, survey_id, truth, grid, where=where, on_date="survey")
+        return {
+            "survey_id": survey_id,
+            "path": labels_path(survey_id, stride=stride, size=size),
+            "positive": labels.n_positive,
+            "negative": labels.n_negative,
+            "unknown": labels.n_unknown,
+            "source": labels.source,
+        }
+
+    return run_stage(store, "labels", f"{survey_id}/size{size}_stride{stride}", inputs, outputs_exist, work, run_id)
