@@ -1,0 +1,247 @@
+"""Data-parallel training on a Dask cluster: shards on workers, gradients averaged exactly.
+
+Synchronous data parallelism, as Horovod or PyTorch DDP do on GPUs: the training set is cut
+into the shards of an :class:`ann.shards.ShardPlan`; each shard lives in one worker's memory for
+the whole training; at every step each shard computes the *sum* of the losses and gradients of
+its slice of the global batch, the driver adds the shard sums in shard order and divides by the
+example count, and the optimizer steps. :class:`DaskGradientSource` implements
+``ann.train.GradientSource``, so ``ann.train.fit`` trains with it exactly as with an in-memory
+source, and the weights equal those of :class:`ann.shards.ShardedSource` (one process, same plan)
+bit for bit.
+
+How the work reaches the workers, and why:
+
+- Shards are *produced by tasks* from a loader ``load_shard(i) -> (X, y, w)`` that reads the
+  store, never sent with ``client.scatter`` (DESIGN decision 4): the driver holds the futures,
+  so a shard lost with its worker is recomputed on another worker from its task, and training
+  goes on to the same result.
+- One task per worker thread per step, not one per shard: the task receives the current
+  weights (so they reach each worker once per step) and the shards placed on that worker, and
+  returns each shard's sums separately, so the reduction order stays the shard order whatever
+  the placement. Per-task overhead (~1-2 ms) and the round trip (~10 ms) are paid once per
+  worker and step; the plan's ``batch_size`` and ``micro_batch`` make each task long enough
+  that they stay a small share (DESIGN decision 6; see benchmarks/README.md).
+- Placement is checked at the start of every epoch: shards are balanced over the live workers
+  in proportion to their threads, keeping each shard where it already is when possible, so a
+  worker that died and came back gets its share again.
+
+Only this module of ``ann`` imports Dask.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from ann.standardize import Standardizer
+from ann.shards import (
+    Shard,
+    ShardLoader,
+    ShardPlan,
+    StepResult,
+    add_in_shard_order,
+    combine_moments,
+    network_for,
+    prepare_shard,
+    shard_gradient,
+    shard_moments,
+)
+
+__all__ = ["DaskGradientSource", "balance_shards", "StepTiming"]
+
+
+def _load(load_shard: ShardLoader, index: int):
+    return load_shard(index)
+
+
+def _gradient_group(
+    architecture: dict, params: list[np.ndarray], plan: ShardPlan, epoch: int, step: int, *shards: Shard
+) -> tuple[list[StepResult], float]:
+    """Per-shard sums for ``shards`` (one worker's share of a step) and the seconds spent computing."""
+    start = time.perf_counter()
+    net = network_for(architecture, params)
+    results = [shard_gradient(net, shard, plan, epoch, step) for shard in shards]
+    return results, time.perf_counter() - start
+
+
+def balance_shards(
+    holders: Mapping[int, Sequence[str]], nthreads: Mapping[str, int], n_shards: int
+) -> list[tuple[str, list[int]]]:
+    """Groups of shards, one per worker thread: ``[(worker address, [shard, ...]), ...]``.
+
+    Each worker gets a share of the ``n_shards`` shards proportional to its threads (largest
+    remainders, ties to the first address in sorted order); a shard stays on a worker that
+    already holds it (``holders[shard]``) while that worker has room, and the rest fill the
+    remaining room in shard order. Pure: it only decides, Dask moves the data.
+    """
+    workers = sorted(w for w, t in nthreads.items() if t > 0)
+    total = sum(nthreads[w] for w in workers)
+    exact = {w: n_shards * nthreads[w] / total for w in workers}
+    room = {w: int(exact[w]) for w in workers}
+    left = n_shards - sum(room.values())
+    for w in sorted(workers, key=lambda w: (-(exact[w] - room[w]), w))[:left]:
+        room[w] += 1
+    assigned: dict[str, list[int]] = {w: [] for w in workers}
+    unplaced = []
+    for s in range(n_shards):
+        home = next((w for w in sorted(holders.get(s, ())) if room.get(w, 0) > 0), None)
+        if home is None:
+            unplaced.append(s)
+        else:
+            assigned[home].append(s)
+            room[home] -= 1
+    for s in unplaced:
+        w = next(w for w in workers if room[w] > 0)
+        assigned[w].append(s)
+        room[w] -= 1
+    groups = []
+    for w in workers:
+        mine = sorted(assigned[w])
+        for t in range(nthreads[w]):
+            if mine[t :: nthreads[w]]:
+                groups.append((w, mine[t :: nthreads[w]]))
+    return groups
+
+
+class StepTiming:
+    """Wall time of each step on the driver and compute time inside its tasks (seconds)."""
+
+    def __init__(self) -> None:
+        self.step_seconds: list[float] = []
+        self.compute_seconds: list[float] = []  # summed over the step's tasks
+        self.n_groups: list[int] = []
+
+
+class DaskGradientSource:
+    """A ``GradientSource`` whose shards live on the workers of a ``distributed.Client``.
+
+    ``load_shard(i)`` must return shard ``i``'s examples ``plan.shard_indices(i)`` as
+    ``(X (n_i, F), y (n_i,), w (n_i,) or None)``; it runs on the workers, so it must be
+    picklable (a module-level function or a small object holding paths, not arrays).
+    ``net`` gives the architecture and dtype. ``standardize=True`` computes mean and standard
+    deviation of the raw features over all shards (exact, reduced in shard order) and keeps
+    standardized shards on the workers; :attr:`standardizer` holds the statistics.
+    ``on_step(epoch, step, loss_sum, count)`` is called after every step (progress bars).
+
+    Construction waits until every shard is loaded. Call :meth:`close` (or use ``with``) to
+    release the shards.
+    """
+
+    def __init__(
+        self,
+        client,
+        load_shard: ShardLoader,
+        plan: ShardPlan,
+        net,
+        standardize: bool = True,
+        on_step: Callable[[int, int, float, int], None] | None = None,
+    ) -> None:
+        self.client = client
+        self.plan = plan
+        self.n_examples = plan.n_examples
+        self.on_step = on_step
+        self.timing = StepTiming()
+        self._architecture = net.architecture()
+        dtype = str(net.params[0].dtype)
+        self._groups: list[tuple[str, list[int]]] | None = None
+        self._groups_epoch = -1
+
+        # Spread the loads over the workers from the start; loose restrictions so a dead
+        # worker's shards are recomputed anywhere.
+        nthreads = client.nthreads()
+        start_groups = balance_shards({}, nthreads, plan.n_shards)
+        home = {s: w for w, shards in start_groups for s in shards}
+        raw = [
+            client.submit(
+                _load, load_shard, s, key=f"damwatch-shard-raw-{s}-{_token()}",
+                workers=[home[s]], allow_other_workers=True,
+            )
+            for s in range(plan.n_shards)
+        ]
+        self.standardizer = None
+        mean = scale = None
+        if standardize:
+            moments = [
+                client.submit(shard_moments, s, raw[s], plan, key=f"damwatch-shard-moments-{s}-{_token()}",
+                              workers=[home[s]], allow_other_workers=True)
+                for s in range(plan.n_shards)
+            ]
+            _, mean, var = combine_moments(client.gather(moments))
+            self.standardizer = Standardizer.from_moments(mean, var)
+            mean, scale = self.standardizer.mean, self.standardizer.scale
+        self._shards = [
+            client.submit(prepare_shard, s, raw[s], plan, dtype, mean, scale,
+                          key=f"damwatch-shard-{s}-{_token()}", workers=[home[s]], allow_other_workers=True)
+            for s in range(plan.n_shards)
+        ]
+        del raw  # the scheduler keeps their tasks as long as the prepared shards need them
+        from distributed import wait
+
+        wait(self._shards)
+        for f in self._shards:
+            if f.status == "error":
+                f.result()
+
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch()
+
+    def _placement(self, epoch: int) -> list[tuple[str, list[int]]]:
+        if self._groups is None or epoch != self._groups_epoch:
+            if not self.client.nthreads():
+                self.client.wait_for_workers(1, timeout=120)
+            who = self.client.who_has(self._shards)
+            holders = {s: who.get(f.key, ()) for s, f in enumerate(self._shards)}
+            self._groups = balance_shards(holders, self.client.nthreads(), self.plan.n_shards)
+            self._groups_epoch = epoch
+        return self._groups
+
+    def batch_gradient(self, params: list[np.ndarray], epoch: int, step: int) -> tuple[float, list[np.ndarray], float]:
+        start = time.perf_counter()
+        params = [np.asarray(p) for p in params]
+        groups = self._placement(epoch)
+        futures = [
+            self.client.submit(
+                _gradient_group, self._architecture, params, self.plan, epoch, step,
+                *[self._shards[s] for s in shards],
+                key=f"damwatch-grad-e{epoch}-s{step}-g{g}-{_token()}",
+                workers=[worker], allow_other_workers=True,
+            )
+            for g, (worker, shards) in enumerate(groups)
+        ]
+        by_shard: dict[int, StepResult] = {}
+        compute = 0.0
+        for (_, shards), (results, seconds) in zip(groups, self.client.gather(futures)):
+            by_shard.update(zip(shards, results))
+            compute += seconds
+        loss, grads, count = add_in_shard_order([by_shard[s] for s in range(self.plan.n_shards)])
+        self.timing.step_seconds.append(time.perf_counter() - start)
+        self.timing.compute_seconds.append(compute)
+        self.timing.n_groups.append(len(futures))
+        if self.on_step is not None:
+            self.on_step(epoch, step, loss, count)
+        return loss, grads, float(count)
+
+    def shard_workers(self) -> dict[int, tuple[str, ...]]:
+        """Which workers hold each shard now (a scheduler round trip; for tests and diagnostics)."""
+        who = self.client.who_has(self._shards)
+        return {s: tuple(who.get(f.key, ())) for s, f in enumerate(self._shards)}
+
+    def close(self) -> None:
+        """Release the shards from the workers' memory."""
+        for f in self._shards:
+            f.release()
+        self._shards = []
+
+    def __enter__(self) -> "DaskGradientSource":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _token() -> str:
+    import uuid
+
+    return uuid.uuid4().hex[:12]

@@ -1,0 +1,347 @@
+"""Shards: the fixed partition of a training set that data-parallel training works on.
+
+A *shard* is a fixed subset of the training examples. Which example belongs to which shard is
+decided once, by a seeded permutation, and never by the number of workers: shard ``s`` holds
+the examples ``sort(perm[s::n_shards])`` of ``perm = permutation(n_examples)``, so shard sizes
+differ by at most one.
+
+Every optimizer step takes the same slice from every shard: in epoch ``e`` shard ``s`` shuffles
+its own rows with a generator seeded by ``(seed, e, s)`` and contributes rows
+``[t * b, (t + 1) * b)`` of that order to step ``t``, where ``b = ceil(batch_size / n_shards)``.
+The global batch of a step is therefore the same set of examples whether the shards live in
+one process or on any number of Dask workers, and every example is seen once per epoch.
+
+A shard computes the *sum* of its examples' losses and gradients (in micro-batches of at most
+``micro_batch`` rows, accumulated in order, so memory stays bounded and one exchange carries
+several micro-batches of work) and its example count. Adding the shard sums in shard order and
+dividing by the total count gives exactly the gradient of the global batch, with the same
+floating-point additions whichever process computed each shard: training is deterministic and
+independent of the worker count (DESIGN decision 5).
+
+Normalization statistics are reduced the same way: each shard returns its count, mean and sum
+of squared deviations (float64), and :func:`combine_moments` merges them in shard order with
+Chan's pairwise formula.
+
+This module is pure NumPy; :mod:`ann.parallel` runs the same functions on Dask workers, and
+:class:`ShardedSource` runs them in this process (one worker, no Dask).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ann.errors import ConfigError
+from ann.standardize import Standardizer
+
+__all__ = [
+    "ShardPlan",
+    "Shard",
+    "ShardLoader",
+    "StepResult",
+    "shard_moments",
+    "combine_moments",
+    "prepare_shard",
+    "shard_gradient",
+    "add_in_shard_order",
+    "network_for",
+    "ShardedSource",
+    "NpyShardLoader",
+]
+
+# (X (n, F) float, y (n,) {0, 1}, w (n,) sample weights or None)
+ShardData = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
+ShardLoader = Callable[[int], ShardData]
+# (sum of example losses, per-parameter sums of example gradients, number of examples)
+StepResult = tuple[float, list[np.ndarray], int]
+
+_PARTITION_STREAM = 0x5A4D  # separates the partition's random stream from the per-epoch ones
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """Which examples each shard holds and which of its rows each step uses.
+
+    ``n_examples``: size of the training set. ``n_shards``: number of shards (choose a multiple
+    of the worker threads you expect; the default 8 fits 1, 2, 4 and 8). ``batch_size``: global
+    examples per optimizer step, summed over shards. ``micro_batch``: rows per gradient call
+    inside a shard (bounds the work buffers; several micro-batches are accumulated before one
+    exchange). ``seed``: fixes the partition and every epoch's order.
+    """
+
+    n_examples: int
+    n_shards: int = 8
+    batch_size: int = 8192
+    micro_batch: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("n_examples", "n_shards", "batch_size", "micro_batch"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, np.integer)) or value < 1:
+                raise ConfigError(f"shard plan setting {name}={value!r} must be a positive integer")
+        if self.n_shards > self.n_examples:
+            raise ConfigError(
+                f"shard plan asks for {self.n_shards} shards of {self.n_examples} examples; "
+                f"use at most one shard per example (fewer shards, or more training data)"
+            )
+
+    @property
+    def shard_batch(self) -> int:
+        """Examples each shard contributes to a step: ceil(batch_size / n_shards)."""
+        return -(-self.batch_size // self.n_shards)
+
+    @property
+    def micro_batches_per_step(self) -> int:
+        """Micro-batches a shard accumulates before one exchange."""
+        return -(-min(self.shard_batch, max(self.shard_sizes())) // self.micro_batch)
+
+    def shard_sizes(self) -> list[int]:
+        q, r = divmod(self.n_examples, self.n_shards)
+        return [q + (s < r) for s in range(self.n_shards)]
+
+    def steps_per_epoch(self) -> int:
+        """Steps that visit every example once: ceil(largest shard / shard_batch)."""
+        return max(1, math.ceil(max(self.shard_sizes()) / self.shard_batch))
+
+    def shard_indices(self, shard: int) -> np.ndarray:
+        """Example indices (into the training set, ascending) held by ``shard``, shape (n_s,)."""
+        self._check_shard(shard)
+        perm = np.random.default_rng([self.seed, _PARTITION_STREAM]).permutation(self.n_examples)
+        return np.sort(perm[shard :: self.n_shards])
+
+    def step_rows(self, shard: int, epoch: int, step: int) -> np.ndarray:
+        """Rows of ``shard`` (positions in its own arrays) that step ``step`` of ``epoch`` uses."""
+        self._check_shard(shard)
+        n = self.shard_sizes()[shard]
+        order = np.random.default_rng([self.seed, epoch, shard]).permutation(n)
+        b = self.shard_batch
+        return order[step * b : (step + 1) * b]
+
+    def _check_shard(self, shard: int) -> None:
+        if not 0 <= shard < self.n_shards:
+            raise ConfigError(f"shard {shard} does not exist; the plan has shards 0..{self.n_shards - 1}")
+
+    def to_dict(self) -> dict:
+        return {
+            "n_examples": int(self.n_examples),
+            "n_shards": int(self.n_shards),
+            "batch_size": int(self.batch_size),
+            "micro_batch": int(self.micro_batch),
+            "seed": int(self.seed),
+        }
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard's examples, ready for gradients: X (n, F) in the network dtype, y (n,), w (n,) or None."""
+
+    index: int
+    X: np.ndarray
+    y: np.ndarray
+    w: np.ndarray | None
+
+    @property
+    def nbytes(self) -> int:
+        return self.X.nbytes + self.y.nbytes + (0 if self.w is None else self.w.nbytes)
+
+
+def _checked(index: int, data: ShardData, expected_rows: int) -> ShardData:
+    if not (isinstance(data, tuple) and len(data) == 3):
+        raise ConfigError(f"load_shard({index}) must return a tuple (X, y, w); got {type(data).__name__}")
+    X, y, w = data
+    X = np.asarray(X)
+    y = np.asarray(y)
+    if X.ndim != 2 or y.shape != (X.shape[0],) or (w is not None and np.shape(w) != y.shape):
+        raise ConfigError(
+            f"load_shard({index}) returned X {X.shape}, y {y.shape}, w {None if w is None else np.shape(w)}; "
+            f"expected X (n, F), y (n,) and w (n,) or None"
+        )
+    if X.shape[0] != expected_rows:
+        raise ConfigError(
+            f"load_shard({index}) returned {X.shape[0]} examples but the shard plan gives shard "
+            f"{index} {expected_rows}; the loader must return exactly plan.shard_indices({index})"
+        )
+    return X, y, w
+
+
+def shard_moments(index: int, data: ShardData, plan: ShardPlan) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean (F,), sum of squared deviations (F,)) of a shard's raw features, in float64."""
+    X, _, _ = _checked(index, data, plan.shard_sizes()[index])
+    X64 = X.astype(np.float64)
+    mean = X64.mean(axis=0)
+    m2 = ((X64 - mean) ** 2).sum(axis=0)
+    return X.shape[0], mean, m2
+
+
+def combine_moments(moments: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
+    """Merge per-shard moments in the given (shard) order: (count, mean (F,), population variance (F,)).
+
+    Chan et al.'s pairwise update, so the result is the exact moments of the union, and the same
+    bits whichever process computed each shard's part.
+    """
+    n, mean, m2 = moments[0][0], moments[0][1].copy(), moments[0][2].copy()
+    for n_b, mean_b, m2_b in moments[1:]:
+        total = n + n_b
+        delta = mean_b - mean
+        mean += delta * (n_b / total)
+        m2 += m2_b + delta**2 * (n * n_b / total)
+        n = total
+    return n, mean, m2 / n
+
+
+def prepare_shard(
+    index: int,
+    data: ShardData,
+    plan: ShardPlan,
+    dtype: str,
+    mean: np.ndarray | None,
+    scale: np.ndarray | None,
+) -> Shard:
+    """Turn a loaded shard into a :class:`Shard`: standardized ``(X - mean) / scale``, in ``dtype``."""
+    X, y, w = _checked(index, data, plan.shard_sizes()[index])
+    dt = np.dtype(dtype)
+    if mean is not None:
+        X = (X.astype(np.float64) - mean) / scale
+    X = np.ascontiguousarray(X, dtype=dt)
+    return Shard(index, X, np.asarray(y, dtype=dt), None if w is None else np.asarray(w, dtype=dt))
+
+
+_NETWORKS: dict[str, object] = {}
+
+
+def network_for(architecture: dict, params: Sequence[np.ndarray]):
+    """A network of ``architecture`` holding a copy of ``params``, reused across steps in this process.
+
+    Building a network allocates its work buffers; a worker computes thousands of steps with
+    the same architecture, so it keeps one network per architecture and copies the new
+    weights into it.
+    """
+    from ann.network import MLP
+
+    key = json.dumps(architecture, sort_keys=True, default=str)
+    net = _NETWORKS.get(key)
+    if net is None:
+        net = MLP.from_architecture(architecture, [np.array(p, copy=True) for p in params])
+        _NETWORKS[key] = net
+    else:
+        for mine, new in zip(net.params, params, strict=True):
+            np.copyto(mine, new)
+    return net
+
+
+def _gather(a: np.ndarray, rows: np.ndarray, slot: str) -> np.ndarray:
+    """``a[rows]`` written into a buffer reused across steps (fresh large arrays cost page faults)."""
+    shape = (len(rows),) + a.shape[1:]
+    buf = _BUFFERS.get(slot)
+    if buf is None or buf.dtype != a.dtype or buf.shape[1:] != a.shape[1:] or buf.shape[0] < len(rows):
+        buf = _BUFFERS[slot] = np.empty(shape, a.dtype)
+    out = buf[: len(rows)]
+    np.take(a, rows, axis=0, out=out)
+    return out
+
+
+_BUFFERS: dict[str, np.ndarray] = {}
+
+
+def shard_gradient(net, shard: Shard, plan: ShardPlan, epoch: int, step: int) -> StepResult:
+    """Sum of losses and gradients over this shard's rows of the step, micro-batch by micro-batch.
+
+    Returns fresh gradient arrays (float sums in the network dtype); the micro-batches are
+    added in row order, so the result is the same bits wherever the shard is computed.
+    """
+    rows = plan.step_rows(shard.index, epoch, step)
+    loss_sum = 0.0
+    total: list[np.ndarray] | None = None
+    for start in range(0, len(rows), plan.micro_batch):
+        r = rows[start : start + plan.micro_batch]
+        w = None if shard.w is None else _gather(shard.w, r, "w")
+        loss, grads = net.loss_and_grad(_gather(shard.X, r, "X"), _gather(shard.y, r, "y"), w, reuse_buffers=True)
+        loss_sum += float(loss)
+        if total is None:
+            total = [np.array(g, copy=True) for g in grads]  # grads are the network's work buffers
+        else:
+            for acc, g in zip(total, grads):
+                acc += g
+    if total is None:  # this shard has no rows left in this step
+        total = [np.zeros_like(p) for p in net.params]
+    return loss_sum, total, len(rows)
+
+
+def add_in_shard_order(results: Sequence[StepResult]) -> StepResult:
+    """Add per-shard sums in the order given (shard order): the one reduction order every path uses."""
+    loss, grads, count = results[0][0], [g.copy() for g in results[0][1]], results[0][2]
+    for loss_s, grads_s, count_s in results[1:]:
+        loss += loss_s
+        for acc, g in zip(grads, grads_s):
+            acc += g
+        count += count_s
+    return loss, grads, count
+
+
+class ShardedSource:
+    """A gradient source over the shards of ``plan``, all held in this process.
+
+    The one-worker path of data-parallel training: the same shards, the same per-shard sums,
+    the same reduction order as :class:`ann.parallel.DaskGradientSource`, hence the same
+    weights, with no Dask at all. ``standardize=True`` computes the normalization statistics
+    from the shards (exact, reduced in shard order) and trains on standardized features;
+    :attr:`standardizer` then holds them for the model file.
+    """
+
+    def __init__(
+        self,
+        load_shard: ShardLoader,
+        plan: ShardPlan,
+        net,
+        standardize: bool = True,
+        on_step: Callable[[int, int, float, int], None] | None = None,
+    ) -> None:
+        self.plan = plan
+        self.n_examples = plan.n_examples
+        self.on_step = on_step
+        self._architecture = net.architecture()
+        dtype = str(net.params[0].dtype)
+        raw = [load_shard(s) for s in range(plan.n_shards)]
+        self.standardizer = None
+        mean = scale = None
+        if standardize:
+            _, mean, var = combine_moments([shard_moments(s, raw[s], plan) for s in range(plan.n_shards)])
+            self.standardizer = Standardizer.from_moments(mean, var)
+            mean, scale = self.standardizer.mean, self.standardizer.scale
+        self.shards = [prepare_shard(s, raw[s], plan, dtype, mean, scale) for s in range(plan.n_shards)]
+
+    def steps_per_epoch(self) -> int:
+        return self.plan.steps_per_epoch()
+
+    def batch_gradient(self, params: list[np.ndarray], epoch: int, step: int) -> tuple[float, list[np.ndarray], float]:
+        net = network_for(self._architecture, params)
+        results = [shard_gradient(net, shard, self.plan, epoch, step) for shard in self.shards]
+        loss, grads, count = add_in_shard_order(results)
+        if self.on_step is not None:
+            self.on_step(epoch, step, loss, count)
+        return loss, grads, float(count)
+
+
+class NpyShardLoader:
+    """``load_shard`` for a training set saved as ``.npy`` files: X (N, F), y (N,), w (N,) optional.
+
+    The files are memory-mapped, so each worker reads only its shard's rows. The loader holds
+    paths, not arrays, so sending it to a worker costs nothing (DESIGN decision 4).
+    """
+
+    def __init__(self, plan: ShardPlan, X_path, y_path, w_path=None) -> None:
+        self.plan = plan
+        self.paths = (str(X_path), str(y_path), None if w_path is None else str(w_path))
+
+    def __call__(self, i: int) -> ShardData:
+        idx = self.plan.shard_indices(i)
+        X_path, y_path, w_path = self.paths
+        X = np.load(X_path, mmap_mode="r")[idx]
+        y = np.load(y_path, mmap_mode="r")[idx]
+        w = None if w_path is None else np.load(w_path, mmap_mode="r")[idx]
+        return X, y, w
