@@ -447,12 +447,11 @@ def resolve_client(client: Any = None) -> Any:
 def compute_with_progress(array: Any, client: Any, desc: str, name: str) -> Any:
     """Compute ``array`` (from :func:`map_tile_blocks`) with a progress bar over its blocks.
 
-    On ``client``, else the current default ``distributed`` client, else local threads. With a
+    On ``client`` (see :func:`resolve_client`), or on local threads when it is None. With a
     client the result stays on the workers (a persisted Dask array); otherwise it is NumPy.
     """
     from pipeline.progress import progress_bar, wait_with_progress
 
-    client = resolve_client(client)
     if client is not None:
         from distributed import futures_of
 

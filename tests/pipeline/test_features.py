@@ -298,3 +298,19 @@ def test_features_command_refuses_a_survey_without_the_spec_bands(tmp_path, naip
     assert main(["features", "naip-2009-08-18", "--store", str(store.root)]) == 2
     err = capsys.readouterr().err
     assert "needs bands ['red', 'green', 'blue']" in err and "band1" in err
+
+
+def test_local_threads_without_a_cluster_equal_numpy():
+    import dask.array as da
+
+    from pipeline.features import compute_with_progress
+
+    spec = FeatureSpec("test-rgbn8", 1, ("red", "green", "blue", "nir"), thumbnail=8)
+    image, valid = _scene(200, 150, seed=3)
+    grid = TileGrid(200, 150, 32, 24)
+    expected, fraction = block_features(image, valid, grid.row_offsets, grid.col_offsets, 32, spec, [0, 1, 2, 3], 1 / 255)
+    lazy = features_dask(da.from_array(image, chunks=(4, 64, 64)), da.from_array(valid, chunks=(64, 64)), grid, spec, [0, 1, 2, 3], 1 / 255)
+    packed = compute_with_progress(lazy, None, "test", "tile-features")  # None: local threads
+    assert isinstance(packed, np.ndarray)
+    np.testing.assert_allclose(packed[..., :-1], expected, rtol=1e-6, atol=1e-7, equal_nan=True)
+    np.testing.assert_array_equal(packed[..., -1], fraction)
