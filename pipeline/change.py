@@ -467,9 +467,9 @@ def write_change_maps(
     ``change.tif`` (uint8 class codes 0 none, 1 new, 2 gone, 3 persisting, 255 nodata, with a
     colour table), ``change.geojson`` (one RFC 7946 feature per new/gone/persisting cell, with
     both probabilities), ``change.png`` (before, after, change), ``provenance.json`` and, with
-    ``truth``, ``metrics.json``. Returns ``paths`` (output files by name: ``change``,
-    ``geojson``, ``quicklook``, ``provenance``, maybe ``metrics``), ``counts`` (cells per
-    class) and ``metrics`` (the report dict, or None).
+    ``truth``, ``metrics.json``. Returns the output files (Paths) by name: ``change``,
+    ``geojson``, ``quicklook``, ``provenance`` and, with truth, ``metrics_file``; plus
+    ``counts`` (cells per class) and ``metrics`` (the report dict, or None).
     """
     from pipeline.maps import footprints_geojson
 
@@ -518,7 +518,8 @@ def write_change_maps(
         }
         write_json(tmp / CHANGE_FILES["provenance"], provenance)
         written = [n for n, fn in CHANGE_FILES.items() if (tmp / fn).exists()]
-    out["paths"] = {name: out_dir / CHANGE_FILES[name] for name in written}
+    for name in written:  # the metrics *file* is "metrics_file": "metrics" is the report
+        out["metrics_file" if name == "metrics" else name] = out_dir / CHANGE_FILES[name]
     out["counts"] = result.counts()
     return out
 

@@ -866,9 +866,10 @@ def write_detection_maps(
     """Write the detection outputs of one scored survey into ``out_dir``, all or nothing.
 
     ``threshold`` defaults to the model's decision threshold; ``cell`` (survey pixels) to the
-    grid's stride. ``truth`` (a GeoJSON path) adds ``metrics.json``. Returns ``paths``
-    (output files by name: ``probability``, ``detections``, ``quicklook``, ``provenance``, and
-    ``metrics`` with truth), ``n_detections``, and ``metrics`` (the report dict, or None).
+    grid's stride. ``truth`` (a GeoJSON path) adds ``metrics.json``. Returns the
+    output files (Paths) by name: ``probability``, ``detections``, ``quicklook``,
+    ``provenance`` and, with truth, ``metrics_file``; plus ``n_detections`` (int) and
+    ``metrics`` (the report dict, or None).
     """
     threshold = float(predictions.threshold if threshold is None else threshold)
     if not 0.0 <= threshold <= 1.0:
@@ -929,6 +930,7 @@ def write_detection_maps(
         }
         write_json(tmp / DETECTION_FILES["provenance"], provenance)
         written = {n for n, fn in DETECTION_FILES.items() if (tmp / fn).exists()}
-    result["paths"] = {name: out_dir / DETECTION_FILES[name] for name in sorted(written)}
+    for name in sorted(written):  # the metrics *file* is "metrics_file": "metrics" is the report
+        result["metrics_file" if name == "metrics" else name] = out_dir / DETECTION_FILES[name]
     result["n_detections"] = len(detections["features"])
     return result
