@@ -7,14 +7,19 @@ process, NumPy's mean/std on the whole array, and the in-process run of the same
 
 from __future__ import annotations
 
+import os
+import signal
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from ann.network import MLP
 from ann.parallel import DaskGradientSource
 from ann.shards import NpyShardLoader, ShardedSource, ShardPlan
+from ann.train import TrainConfig, fit
 
 
 def NpyLoader(directory: Path, plan: ShardPlan) -> NpyShardLoader:
@@ -92,3 +97,87 @@ def test_averaged_gradient_equals_full_batch_gradient(kind, data, request):
         assert_close_relative([g / n for g in grads], ref_grads, 1e-10)
     if kind == "dask":
         source.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole trainings: the same weights with 1, 2 and 4 workers, and after a worker dies.
+
+N_EPOCHS = 4
+
+
+def _train(make_source, directory, X_val, y_val):
+    """Train a float32 network for N_EPOCHS from seed 2 on the shards of one fixed plan."""
+    plan = ShardPlan(n_examples=600, n_shards=8, batch_size=96, micro_batch=8, seed=7)
+    net = MLP(12, hidden=(16, 8), seed=2)
+    source = make_source(NpyLoader(directory, plan), plan, net)
+    Xv = source.standardizer.transform(X_val)
+    history = fit(net, source, Xv, y_val, TrainConfig(max_epochs=N_EPOCHS, patience=100))
+    return [p.copy() for p in net.params], history, source
+
+
+@pytest.fixture(scope="module")
+def in_process_run(data, tmp_path_factory):
+    directory = data[0]
+    X_val, y_val, _ = make_data(tmp_path_factory.mktemp("val"), n=200, seed=1)
+    with threadpool_limits(1):  # one worker = one single-threaded BLAS, as on the Dask workers
+        params, history, _ = _train(ShardedSource, directory, X_val, y_val)
+    return params, history, (X_val, y_val)
+
+
+@pytest.fixture(scope="module")
+def four_workers():
+    from pipeline.cluster import dask_client
+
+    with dask_client(n_workers=4, threads_per_worker=1, memory_limit="1GiB") as client:
+        yield client
+
+
+def assert_same_weights(got, want):
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)  # bitwise: same shard sums, added in the same order
+
+
+def test_two_workers_train_the_same_weights_as_one_process(data, in_process_run, dask_client):
+    params1, history1, (X_val, y_val) = in_process_run
+    params2, history2, source = _train(partial(DaskGradientSource, dask_client), data[0], X_val, y_val)
+    source.close()
+    assert_same_weights(params2, params1)
+    # the same History form and figures as single-process training
+    assert [e["train_loss"] for e in history2.epochs] == [e["train_loss"] for e in history1.epochs]
+    assert history2.epochs[0].keys() == history1.epochs[0].keys()
+    assert history1.epochs[-1]["train_loss"] < history1.epochs[0]["train_loss"]  # it did train
+
+
+def test_four_workers_train_the_same_weights_and_survive_a_killed_worker(data, in_process_run, four_workers):
+    params1, _, (X_val, y_val) = in_process_run
+    client = four_workers
+
+    params4, _, source = _train(partial(DaskGradientSource, client), data[0], X_val, y_val)
+    assert len({w for ws in source.shard_workers().values() for w in ws}) == 4  # really on 4 workers
+    source.close()
+    assert_same_weights(params4, params1)
+
+    # Kill the process of a worker holding shards in the middle of epoch 1: its shards and its
+    # part of the step are lost, recomputed from their tasks elsewhere, and training goes on.
+    killed = {}
+
+    def kill_once(source, epoch, step, loss, count):
+        if (epoch, step) == (1, 2) and not killed:
+            victim = source.shard_workers()[0][0]
+            pid = client.run(os.getpid, workers=[victim])[victim]
+            os.kill(pid, signal.SIGKILL)
+            killed.update(address=victim, pid=pid)
+
+    def make(loader, plan, net):
+        source = DaskGradientSource(client, loader, plan, net)
+        source.on_step = partial(kill_once, source)
+        return source
+
+    params_k, history_k, source = _train(make, data[0], X_val, y_val)
+    assert killed, "the worker was never killed"
+    assert len(history_k.epochs) == N_EPOCHS
+    holders = {w for ws in source.shard_workers().values() for w in ws}
+    assert killed["address"] not in holders  # the shards it held now live elsewhere
+    source.close()
+    assert_same_weights(params_k, params1)
