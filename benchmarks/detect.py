@@ -120,7 +120,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("DAMWATCH_NO_PROGRESS", "1")
 
-    import dask.array as da
 
     from ann.io import load_model
     from pipeline.cluster import dask_client

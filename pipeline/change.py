@@ -30,7 +30,6 @@ model needs are checked by detection itself.
 
 from __future__ import annotations
 
-import datetime as _dt
 import math
 import os
 from dataclasses import dataclass, field
@@ -42,10 +41,10 @@ from affine import Affine
 
 from pipeline.errors import InputError
 from pipeline.maps import (
-    PROBABILITY_NODATA,
     atomic_output_dir,
     base_provenance,
     file_sha256,
+    model_provenance,
     read_truth,
     render_quicklook,
     sample_tiles,
@@ -495,12 +494,10 @@ def write_change_maps(
             "classes": {str(k): v for k, v in CLASS_NAMES.items()} | {"255": "nodata"},
             "truth": str(truth) if truth is not None else None,
         })
-        from pipeline.maps import _model_inputs
-
         provenance["inputs"] = {
             "before": survey_provenance(before_s),
             "after": survey_provenance(after_s),
-            "model": _model_inputs(store, result.before.model_id),
+            "model": model_provenance(store, result.before.model_id),
             "feature_spec": result.before.spec,
             "truth_sha256": file_sha256(truth) if truth is not None else None,
         }

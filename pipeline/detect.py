@@ -22,7 +22,6 @@ Predictions already stored for the same model, survey content and grid are reuse
 
 from __future__ import annotations
 
-import math
 import shutil
 import uuid
 from dataclasses import dataclass

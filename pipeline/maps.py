@@ -80,6 +80,10 @@ __all__ = [
     "atomic_output_dir",
     "file_sha256",
     "write_json",
+    "base_provenance",
+    "model_provenance",
+    "survey_provenance",
+    "DETECTION_FILES",
     "write_detection_maps",
 ]
 
@@ -805,7 +809,7 @@ def atomic_output_dir(out_dir: str | os.PathLike, overwrite: bool = False) -> It
         raise
 
 
-def _model_inputs(store: "Store", model_id: str) -> dict:
+def model_provenance(store: "Store", model_id: str) -> dict:
     """Hashes of a model's files in the store (absent files are listed as None)."""
     out = {"id": model_id}
     for ext in ("npz", "json"):
@@ -911,7 +915,7 @@ def write_detection_maps(
         })
         provenance["inputs"] = {
             "survey": survey_provenance(survey),
-            "model": _model_inputs(store, predictions.model_id),
+            "model": model_provenance(store, predictions.model_id),
             "feature_spec": predictions.spec,
             "truth_sha256": file_sha256(truth) if truth is not None else None,
             "predictions": f"predictions/{predictions.model_id}/{survey.id}",
