@@ -25,7 +25,7 @@ from ann.errors import ConfigError, FeatureSpecMismatch
 from ann.functions import ACTIVATIONS, LOSS_FUNCTIONS, sigmoid, sigmoid_cross_entropy_with_logits
 from ann.layers import DenseCache, dense_backward, dense_forward
 
-__all__ = ["MLP", "DTYPES"]
+__all__ = ["MLP", "DTYPES", "tiled_arrays"]
 
 DTYPES = {"float32": np.dtype(np.float32), "float64": np.dtype(np.float64)}
 _ARCHITECTURE_KEYS = {"n_inputs", "hidden", "activation", "output_activation", "loss", "dtype"}
@@ -39,6 +39,22 @@ def _check_dtype(dtype: Any) -> np.dtype:
     if dt.name not in DTYPES:
         raise ConfigError(f"dtype {dt.name} is not supported by the network; use float32 (default) or float64")
     return dt
+
+
+def tiled_arrays(shapes: Sequence[tuple[int, ...]], dtype: np.dtype) -> list[np.ndarray]:
+    """Arrays of the given shapes laid back to back in one 1-D buffer (their common ``.base``).
+
+    The network keeps its parameters and gradients this way so that elementwise work over all
+    of them (the trainer's scaling, the optimizer's update) is one NumPy call on the buffer
+    instead of one per array (see :func:`ann.optim.tiled_base`).
+    """
+    sizes = [int(np.prod(s)) for s in shapes]
+    flat = np.empty(sum(sizes), dtype)
+    views, start = [], 0
+    for shape, size in zip(shapes, sizes):
+        views.append(flat[start : start + size].reshape(shape))
+        start += size
+    return views
 
 
 class _Workspace:
@@ -59,7 +75,7 @@ class _Workspace:
         self.delta = [np.empty((capacity, n), dtype) for n in sizes[1:]]
         self.work = [np.empty((capacity, n), bool if act == "relu" else dtype) for n, act in zip(sizes[1:], activations)]
         self.ones = np.ones(capacity, dtype)
-        self.grads = [np.empty_like(p) for p in params]
+        self.grads = tiled_arrays([p.shape for p in params], dtype)
 
 
 class MLP:
@@ -98,20 +114,26 @@ class MLP:
         # Activation after each layer; None on the output layer, whose logits go to the loss.
         self.activations: list[str | None] = [activation] * len(hidden) + [None]
         rng = np.random.default_rng(seed)
-        self._params: list[np.ndarray] = []
-        for (fan_in, fan_out), act in zip(zip(self.sizes[:-1], self.sizes[1:]), self.activations):
+        shapes = [s for n_in, n_out in zip(self.sizes[:-1], self.sizes[1:]) for s in ((n_in, n_out), (n_out,))]
+        self._params = tiled_arrays(shapes, self.dtype)
+        for layer, act in enumerate(self.activations):
+            fan_in, fan_out = self.sizes[layer], self.sizes[layer + 1]
             if act == "relu":  # He et al. 2015
                 W = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=(fan_in, fan_out))
             else:  # Glorot & Bengio 2010, tanh / sigmoid / the sigmoid output
                 bound = np.sqrt(6.0 / (fan_in + fan_out))
                 W = rng.uniform(-bound, bound, size=(fan_in, fan_out))
-            self._params += [W.astype(self.dtype), np.zeros(fan_out, self.dtype)]
+            self._params[2 * layer][...] = W
+            self._params[2 * layer + 1][...] = 0.0
         self._workspace: _Workspace | None = None
 
     # ----------------------------------------------------------------------------------------
     @property
     def params(self) -> list[np.ndarray]:
-        """``[W1, b1, ..., W_out, b_out]``; always the same list and arrays (update in place)."""
+        """``[W1, b1, ..., W_out, b_out]``; always the same list and arrays (update in place).
+
+        The arrays are consecutive views of one buffer; replacing a list element with another
+        array works, only slower (optimizers then update array by array)."""
         return self._params
 
     @property

@@ -28,7 +28,7 @@ from ann import metrics
 from ann.errors import ConfigError
 from ann.functions import binary_cross_entropy
 from ann.network import MLP
-from ann.optim import SGD, Adam
+from ann.optim import SGD, Adam, tiled_base
 
 __all__ = [
     "TrainConfig",
@@ -329,7 +329,8 @@ def fit(
             if n <= 0:
                 raise ConfigError(f"gradient source returned a step with {n} examples (epoch {epoch}, step {step})")
             grads = [g if g.flags.writeable else g.copy() for g in grads]
-            for g in grads:
+            flat = tiled_base(grads)  # the network's gradients fill one buffer: one call
+            for g in grads if flat is None else (flat,):
                 g *= 1.0 / n
             for i, scratch in decay:
                 np.multiply(params[i], config.l2, out=scratch)

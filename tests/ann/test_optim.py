@@ -86,3 +86,23 @@ def test_optimizer_refuses_another_networks_parameters():
 def test_bad_settings_are_refused(make):
     with pytest.raises(ConfigError):
         make()
+
+
+@pytest.mark.parametrize("make", [lambda: SGD(0.05, 0.9), lambda: SGD(0.05, 0.0), lambda: Adam(0.01)])
+def test_blocked_update_over_a_networks_buffer_equals_the_per_array_update(make, monkeypatch):
+    import ann.optim
+    from ann.network import MLP
+
+    monkeypatch.setattr(ann.optim, "BLOCK", 100)  # several blocks, some straddling array ends
+    net = MLP(30, (20, 5), seed=1)
+    rng = np.random.default_rng(2)
+    X, y = rng.normal(size=(16, 30)), rng.random(16) < 0.5
+    separate = [p.copy() for p in net.params]  # ordinary arrays: updated one by one
+    assert ann.optim.tiled_base(net.params) is not None and ann.optim.tiled_base(separate) is None
+    fast, slow = make(), make()
+    for _ in range(3):
+        _, grads = net.loss_and_grad(X, y, reuse_buffers=True)  # views of one buffer
+        fast.step(net.params, grads)
+        slow.step(separate, [g.copy() for g in grads])
+        for a, b in zip(net.params, separate):
+            np.testing.assert_array_equal(a, b)
