@@ -146,6 +146,9 @@ class DaskGradientSource:
         self._architecture = net.architecture()
         dtype = str(net.params[0].dtype)
         self._groups: list[tuple[str, list[int]]] | None = None
+        # Results straight from the workers (one hop less) when they run on this machine's own
+        # cluster; for a remote cluster keep the client's setting (workers may be unreachable).
+        self._direct = True if getattr(client, "cluster", None) is not None else None
         self._groups_epoch = -1
 
         # Spread the loads over the workers from the start; loose restrictions so a dead
@@ -212,7 +215,7 @@ class DaskGradientSource:
         ]
         by_shard: dict[int, StepResult] = {}
         compute = 0.0
-        for (_, shards), (results, seconds) in zip(groups, self.client.gather(futures)):
+        for (_, shards), (results, seconds) in zip(groups, self.client.gather(futures, direct=self._direct)):
             by_shard.update(zip(shards, results))
             compute += seconds
         loss, grads, count = add_in_shard_order([by_shard[s] for s in range(self.plan.n_shards)])

@@ -1,0 +1,234 @@
+"""Data-parallel training on Dask: how much of a step is communication, and how close 2 workers
+come to the machine's ceiling.
+
+Measured in one run, interleaved (other programs share the cores, so every figure is the
+median of several rounds, and each round measures its own ceiling next to its training):
+
+- comm share = 1 - (compute time measured inside the gradient tasks / number of workers) /
+  step time on the driver (gradient exchange + optimizer step), at the default shard plan and
+  over a sweep of examples per shard per step. Target <= 0.10 at the defaults.
+- throughput: training examples per second with 2 single-threaded workers, against the
+  ceiling measured in the same round by two single-threaded processes running only the same
+  network's matrix products side by side. Target >= 0.8.
+- a cost model of the per-step overhead, fitted over network widths: overhead = a + b * MB
+  moved per step (weights out to each task, one gradient per shard back), and the examples
+  per shard per step it implies for N workers at a 10 % overhead share.
+
+Run: ``.venv/bin/python benchmarks/parallel.py [--rounds 3]``. Last line: JSON
+``{"comm_share": x, "throughput_vs_ceiling": r}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import sys
+
+# benchmarks/ann.py would shadow the ann package for a script run from this directory.
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
+
+N_FEATURES = 1041  # the default feature spec's length (pipeline.features.get_spec("default"))
+HIDDEN = (64, 32)  # the network damwatch trains by default
+SWEEP = (512, 1024, 2048, 4096, 8192)  # examples per shard per step
+WIDTHS = ((16,), (64, 32), (256, 64), (1024, 64))  # networks of 0.07 to 4.5 MB of weights
+
+
+def _matmul_process(batch: int, hidden: tuple[int, ...], seconds: float, barrier, queue) -> None:
+    """Run only the forward and backward matrix products of the network; report examples/s."""
+    import numpy as np  # noqa: F811 (spawned process: BLAS threads already capped by the env)
+
+    rng = np.random.default_rng(0)
+    sizes = (N_FEATURES, *hidden, 1)
+    W = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
+    X = rng.standard_normal((batch, N_FEATURES)).astype(np.float32)
+    A = [np.empty((batch, b), np.float32) for b in sizes[1:]]
+    D = [np.empty((batch, b), np.float32) for b in sizes[1:]]
+    G = [np.empty_like(w) for w in W]
+
+    def once():
+        x = X
+        for w, a in zip(W, A):
+            np.matmul(x, w, out=a)
+            x = a
+        D[-1][...] = A[-1]
+        for i in range(len(W) - 1, -1, -1):
+            np.matmul((X if i == 0 else A[i - 1]).T, D[i], out=G[i])
+            if i > 0:
+                np.matmul(D[i], W[i].T, out=D[i - 1])
+
+    once()
+    barrier.wait()
+    start = time.perf_counter()
+    n = 0
+    while time.perf_counter() - start < seconds:
+        once()
+        n += batch
+    queue.put(n / (time.perf_counter() - start))
+
+
+def ceiling(batch: int, hidden: tuple[int, ...], seconds: float = 2.0, processes: int = 2) -> float:
+    """Examples/s of ``processes`` single-threaded matmul-only processes side by side (summed)."""
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(processes), ctx.Queue()
+    saved = {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        procs = [ctx.Process(target=_matmul_process, args=(batch, hidden, seconds, barrier, queue)) for _ in range(processes)]
+        for p in procs:
+            p.start()
+        rates = [queue.get() for _ in procs]
+        for p in procs:
+            p.join()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return sum(rates)
+
+
+def make_data(directory: Path, n: int) -> tuple[Path, Path]:
+    rng = np.random.default_rng(0)
+    y = (rng.random(n) < 0.3).astype(np.float32)
+    X = rng.standard_normal((n, N_FEATURES), dtype=np.float32)
+    X[:, :8] += y[:, None]
+    np.save(directory / "X.npy", X)
+    np.save(directory / "y.npy", y)
+    return directory / "X.npy", directory / "y.npy"
+
+
+def train_steps(client, paths, n_examples: int, shard_batch: int, micro_batch: int, hidden, n_steps: int) -> dict:
+    """Train ``n_steps`` Adam steps data-parallel; time each step on the driver (exchange + update)."""
+    from ann.network import MLP
+    from ann.parallel import DaskGradientSource, StepTiming
+    from ann.shards import NpyShardLoader, ShardPlan
+    from ann.train import TrainConfig, make_optimizer
+
+    plan = ShardPlan(n_examples=n_examples, n_shards=8, batch_size=8 * shard_batch, micro_batch=micro_batch, seed=0)
+    net = MLP(N_FEATURES, hidden, seed=0)
+    optimizer = make_optimizer(TrainConfig())
+    with DaskGradientSource(client, NpyShardLoader(plan, *paths), plan, net, standardize=False) as source:
+        steps = source.steps_per_epoch()
+        source.batch_gradient(net.params, 0, 0)  # warm-up: workers build their network buffers
+        source.timing = StepTiming()
+        loop = []
+        examples = 0
+        for k in range(n_steps):
+            t0 = time.perf_counter()
+            loss, grads, n = source.batch_gradient(net.params, 1 + k // steps, k % steps)
+            for g in grads:
+                g /= n
+            optimizer.step(net.params, grads)
+            loop.append(time.perf_counter() - t0)
+            examples += n
+        n_workers = len(client.nthreads())
+        compute = sum(source.timing.compute_seconds) / n_workers
+        wall = sum(loop)
+    weights_mb = sum(p.nbytes for p in net.params) / 1e6
+    return {
+        "shard_batch": shard_batch,
+        "hidden": hidden,
+        "weights_mb": weights_mb,
+        "mb_moved": (len(client.nthreads()) + plan.n_shards) * weights_mb,
+        "step_ms": 1e3 * wall / n_steps,
+        "compute_ms": 1e3 * compute / n_steps,
+        "overhead_ms": 1e3 * (wall - compute) / n_steps,
+        "comm_share": 1 - compute / wall,
+        "examples_per_s": examples / wall,
+        "seconds_per_example": sum(source.timing.compute_seconds) / examples,
+    }
+
+
+def fit_cost_model(runs: list[dict]) -> tuple[float, float]:
+    """Least squares overhead_s = a + b * mb_moved over the width runs: (a seconds, b seconds per MB)."""
+    x = np.array([r["mb_moved"] for r in runs])
+    t = np.array([r["overhead_ms"] / 1e3 for r in runs])
+    b, a = np.polyfit(x, t, 1)
+    return float(a), float(b)
+
+
+def implied_shard_batch(a: float, b: float, weights_mb: float, seconds_per_example: float, n_workers: int,
+                        share: float = 0.10) -> tuple[int, int]:
+    """(shards, examples per shard per step) keeping the overhead at ``share`` of a step on N workers.
+
+    The step's compute per worker must be (1 - share) / share times the overhead; shards =
+    max(8, N) so every worker holds at least one.
+    """
+    shards = max(8, n_workers)
+    overhead = a + b * (n_workers + shards) * weights_mb
+    per_worker = (1 - share) / share * overhead / seconds_per_example
+    return shards, int(np.ceil(per_worker * n_workers / shards))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=8)
+    args = parser.parse_args()
+
+    from ann.shards import ShardPlan
+    from pipeline.cluster import dask_client
+
+    defaults = ShardPlan(n_examples=1 << 20)
+    default_shard_batch, micro = -(-defaults.batch_size // defaults.n_shards), defaults.micro_batch
+    n_examples = 8 * max(max(SWEEP), default_shard_batch)
+    rows: dict[str, list[dict]] = {}
+    ratios, shares, ceilings = [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = make_data(Path(tmp), n_examples)
+        with dask_client(n_workers=2, threads_per_worker=1) as client:
+            for r in range(args.rounds):
+                ceil_rate = ceiling(micro, HIDDEN)
+                run = train_steps(client, paths, n_examples, default_shard_batch, micro, HIDDEN, args.steps)
+                ceil_rate = (ceil_rate + ceiling(micro, HIDDEN)) / 2  # before and after the training
+                ceilings.append(ceil_rate)
+                ratios.append(run["examples_per_s"] / ceil_rate)
+                shares.append(run["comm_share"])
+                rows.setdefault("default", []).append(run)
+                for sb in SWEEP:
+                    rows.setdefault(f"sweep {sb}", []).append(
+                        train_steps(client, paths, n_examples, sb, micro, HIDDEN, args.steps))
+                for hidden in WIDTHS:
+                    rows.setdefault(f"width {hidden}", []).append(
+                        train_steps(client, paths, n_examples, 512, micro, hidden, args.steps))
+                print(f"round {r + 1}/{args.rounds}: comm share {shares[-1]:.3f}, "
+                      f"throughput {run['examples_per_s']:.0f}/s vs ceiling {ceil_rate:.0f}/s", flush=True)
+
+    def med(runs, key):
+        return statistics.median(x[key] for x in runs)
+
+    print(f"\nshard plan defaults: {defaults.n_shards} shards, global batch {defaults.batch_size}, "
+          f"{default_shard_batch} examples per shard per step, micro-batch {micro}; network {N_FEATURES}-"
+          f"{'-'.join(map(str, HIDDEN))}-1 float32; 2 workers x 1 thread; medians of {args.rounds} rounds")
+    print(f"{'run':<22}{'MB moved':>9}{'step ms':>9}{'compute ms':>11}{'overhead ms':>12}{'comm share':>11}{'examples/s':>11}")
+    for name, runs in rows.items():
+        print(f"{name:<22}{med(runs, 'mb_moved'):>9.2f}{med(runs, 'step_ms'):>9.1f}{med(runs, 'compute_ms'):>11.1f}"
+              f"{med(runs, 'overhead_ms'):>12.1f}{med(runs, 'comm_share'):>11.3f}{med(runs, 'examples_per_s'):>11.0f}")
+    print(f"ceiling (2 matmul-only processes, batch {micro}): {statistics.median(ceilings):.0f} examples/s")
+
+    width_runs = [run for name, runs in rows.items() if name.startswith("width") for run in runs]
+    a, b = fit_cost_model(width_runs)
+    weights_mb = rows["default"][0]["weights_mb"]
+    spe = med(rows["default"], "seconds_per_example")
+    print(f"\ncost model: overhead per step = {a * 1e3:.1f} ms + {b * 1e3:.2f} ms per MB moved "
+          f"(MB moved = (workers + shards) x {weights_mb:.3f} MB of weights); compute {spe * 1e6:.2f} us per example")
+    print(f"{'workers':>8}{'shards':>8}{'examples/shard/step':>21}{'global batch':>14}")
+    for n in (1, 2, 4, 8, 16, 32):
+        shards, sb = implied_shard_batch(a, b, weights_mb, spe, n)
+        print(f"{n:>8}{shards:>8}{sb:>21}{sb * shards:>14}")
+    print(json.dumps({"comm_share": round(statistics.median(shares), 4),
+                      "throughput_vs_ceiling": round(statistics.median(ratios), 4)}))
+
+
+if __name__ == "__main__":
+    main()
