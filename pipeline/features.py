@@ -361,6 +361,14 @@ def _features_block(block, valid, ro, co, size, spec_dict, band_indices, scale) 
     return np.concatenate([values, fraction[..., None]], axis=-1)
 
 
+def _read_and_apply(image, valid, window, func, ro, co, size, args) -> np.ndarray:
+    """One task: read a pixel window (halo included) straight from Zarr, then apply ``func``."""
+    r0, r1, c0, c1 = window
+    block = np.asarray(image[:, r0:r1, c0:c1])
+    mask = None if valid is None else np.asarray(valid[r0:r1, c0:c1])
+    return func(block, mask, ro, co, size, *args)
+
+
 def map_tile_blocks(
     func: Any,
     image: Any,
@@ -375,25 +383,47 @@ def map_tile_blocks(
 
     ``func(block, valid_block, row_offsets, col_offsets, size, *args)`` receives a block's
     pixels ``(bands, h, w)`` (NumPy), its valid mask ``(h, w)`` (or None) and the tile offsets
-    inside it, and returns ``(n_block_rows, n_block_cols, n_out)`` float32. ``image``
-    (bands, H, W) and ``valid`` (H, W) are Dask arrays; blocks default to about one chunk of
-    ``image``, and each task reads its pixel window, including the halo from neighbouring
-    chunks when tiles straddle them. Returns a Dask array ``(n_rows, n_cols, n_out)`` chunked
-    by block; key names start with ``name`` (progress bars count those).
+    inside it, and returns ``(n_block_rows, n_block_cols, n_out)`` float32. Each task gets its
+    block's whole pixel window, including the halo from neighbouring chunks when tiles straddle
+    them. Returns a Dask array ``(n_rows, n_cols, n_out)`` chunked by block; key names start
+    with ``name`` (progress bars count those).
+
+    ``image`` (bands, H, W) and ``valid`` (H, W, or None) are either Dask arrays (any
+    chunking; blocks default to about one chunk) or Zarr arrays, which each task reads itself:
+    one task per block and no pixels moving between workers (the store's path).
     """
+    import uuid as _uuid
+
     import dask
     import dask.array as da
+    from dask.highlevelgraph import HighLevelGraph
 
+    lazy = isinstance(image, da.Array)
     if tiles_per_block is None:
-        tiles_per_block = (
-            max(1, image.chunks[1][0] // grid.stride),
-            max(1, image.chunks[2][0] // grid.stride),
-        )
+        chunks = image.chunks if lazy else (None, (image.chunks[1],), (image.chunks[2],))
+        tiles_per_block = (max(1, chunks[1][0] // grid.stride), max(1, chunks[2][0] // grid.stride))
     blocks = grid.blocks(tiles_per_block)
     ro_all, co_all = grid.row_offsets, grid.col_offsets
-    token = dask.base.tokenize(func, image, valid, grid.to_dict(), args, tiles_per_block)
     row_starts = sorted({b.rows.start for b in blocks})
     col_starts = sorted({b.cols.start for b in blocks})
+    row_sizes = tuple(b.rows.stop - b.rows.start for b in blocks if b.cols.start == 0)
+    col_sizes = tuple(b.cols.stop - b.cols.start for b in blocks if b.rows.start == 0)
+
+    if not lazy:
+        # a fresh token: the arrays' content may change under the same path (re-ingest), so
+        # results must never be taken from an earlier computation on the cluster
+        key = f"{name}-{_uuid.uuid4().hex}"
+        dsk = {}
+        for b in blocks:
+            w = b.window
+            window = (w.row_off, w.row_off + w.height, w.col_off, w.col_off + w.width)
+            ro, co = ro_all[b.rows] - w.row_off, co_all[b.cols] - w.col_off
+            i, j = row_starts.index(b.rows.start), col_starts.index(b.cols.start)
+            dsk[(key, i, j, 0)] = (_read_and_apply, image, valid, window, func, ro, co, grid.size, tuple(args))
+        graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
+        return da.Array(graph, key, (row_sizes, col_sizes, (n_out,)), dtype=np.float32)
+
+    token = dask.base.tokenize(func, image, valid, grid.to_dict(), args, tiles_per_block)
     pieces: dict[tuple[int, int], Any] = {}
     for b in blocks:
         w = b.window
@@ -554,8 +584,8 @@ def compute_features(
         except StoreError:
             pass  # incomplete or unreadable leftovers: recompute over them
 
-    image = survey.image_dask()
-    valid = survey.valid_dask()
+    image = survey.image()  # Zarr arrays: each task reads its own window, halo included
+    valid = survey.valid()
     tiles_per_block = grid.tiles_per_chunk(survey.chunk_edge)
     packed = features_dask(image, valid, grid, spec, band_indices, pixel_scale(survey.dtype), tiles_per_block)
     client = resolve_client(client)

@@ -635,8 +635,8 @@ def labels_from_expression(
     parse_expression(expr, survey.bands, f"survey {survey_id}")  # refuse bad input before any work
     lazy = map_tile_blocks(
         _expression_block,
-        survey.image_dask(),
-        survey.valid_dask(),
+        survey.image(),  # Zarr arrays: each task reads its own window, halo included
+        survey.valid(),
         grid,
         2,
         (expr, tuple(survey.bands)),
