@@ -64,9 +64,8 @@ def tanh_derivative(a: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return np.subtract(1, out, out=out)
 
 
-def _exp_limit(dtype: np.dtype) -> float:
-    """Largest x with exp(x) finite in ``dtype`` (minus a margin), to clip before exp."""
-    return float(np.log(np.finfo(dtype).max)) - 1.0
+# Largest x with exp(x) finite in each float type, minus a margin: sigmoid clips -z to it.
+_EXP_LIMIT = {np.dtype(t): float(np.log(np.finfo(t).max)) - 1.0 for t in (np.float16, np.float32, np.float64)}
 
 
 def sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -76,7 +75,7 @@ def sigmoid(z: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     negative logits give tiny positive probabilities (~1e-38) rather than an overflow warning.
     """
     out = np.negative(z, out=out)
-    np.minimum(out, _exp_limit(out.dtype), out=out)
+    np.minimum(out, _EXP_LIMIT[out.dtype], out=out)
     np.exp(out, out=out)
     out += 1
     return np.reciprocal(out, out=out)

@@ -67,15 +67,21 @@ class _Workspace:
     """
 
     def __init__(
-        self, sizes: Sequence[int], activations: Sequence[str | None], params: list[np.ndarray], capacity: int
+        self,
+        sizes: Sequence[int],
+        activations: Sequence[str | None],
+        params: list[np.ndarray],
+        capacity: int,
+        backward: bool = True,
     ) -> None:
         dtype = params[0].dtype
         self.capacity = capacity
         self.a = [np.empty((capacity, n), dtype) for n in sizes[1:]]
-        self.delta = [np.empty((capacity, n), dtype) for n in sizes[1:]]
-        self.work = [np.empty((capacity, n), bool if act == "relu" else dtype) for n, act in zip(sizes[1:], activations)]
-        self.ones = np.ones(capacity, dtype)
-        self.grads = tiled_arrays([p.shape for p in params], dtype)
+        if backward:  # prediction needs the layer outputs only
+            self.delta = [np.empty((capacity, n), dtype) for n in sizes[1:]]
+            self.work = [np.empty((capacity, n), bool if act == "relu" else dtype) for n, act in zip(sizes[1:], activations)]
+            self.ones = np.ones(capacity, dtype)
+            self.grads = tiled_arrays([p.shape for p in params], dtype)
 
 
 class MLP:
@@ -234,7 +240,7 @@ class MLP:
         out = np.empty(N, self.dtype)
         if N == 0:
             return out
-        ws = _Workspace(self.sizes, self.activations, self._params, min(N, batch_size))
+        ws = _Workspace(self.sizes, self.activations, self._params, min(N, batch_size), backward=False)
         for start in range(0, N, batch_size):
             stop = min(start + batch_size, N)
             xb = np.asarray(X[start:stop], dtype=self.dtype)
