@@ -1135,12 +1135,24 @@ def _crowns(xs: np.ndarray, ys: np.ndarray, seed: int, to_sun: tuple[float, floa
     return np.where(best > _F32(0.0), (_F32(0.72) + _F32(0.45) * np.sqrt(np.maximum(best, _F32(0.0)))) * lit, _F32(0.4))
 
 
+STRIP = 256  # rows rendered at once: keeps the ~40 temporaries of a strip in cache
+
+
 def render_block(scene: Scene, date_index: int, row0: int, col0: int, height: int, width: int, bands: int = 4) -> np.ndarray:
     """Pixels (bands, height, width) uint8 of date ``date_index`` at rows row0.., cols col0...
 
     Bands are red, green, blue (and nir if ``bands == 4``). A pure function of its arguments:
-    any tiling of the image into blocks gives the same pixels.
+    any tiling of the image into blocks gives the same pixels (so the block is rendered in
+    strips of STRIP rows, for memory and cache, without changing a byte).
     """
+    out = np.empty((bands, height, width), np.uint8)
+    for r in range(0, height, STRIP):
+        h = min(STRIP, height - r)
+        out[:, r : r + h] = _render(scene, date_index, row0 + r, col0, h, width, bands)
+    return out
+
+
+def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, width: int, bands: int) -> np.ndarray:
     cond = scene.conditions[date_index]
     p = scene.pixel_size
     shift_x, shift_y = cond.shift(p)
@@ -1633,7 +1645,11 @@ def generate_area(
             _init_worker(scene)
         surveys, quicklooks = {}, {}
         tiles_in = {}
-        with progress_bar(len(blocks) * len(parsed), f"synth {area}", unit="block", disable=None if progress is None else not progress) as bar:
+        # A small GDAL block cache: written tiles go to disk in the order they were written
+        # instead of piling up (the default cache is 5% of RAM), so memory is size-independent.
+        with rasterio.Env(GDAL_CACHEMAX=64), progress_bar(
+            len(blocks) * len(parsed), f"synth {area}", unit="block", disable=None if progress is None else not progress
+        ) as bar:
             for k, date in enumerate(parsed):
                 name = f"{area}-{date.isoformat()}"
                 path = tmp / f"{name}.tif"
