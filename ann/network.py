@@ -105,11 +105,14 @@ class MLP:
         dtype: Any = np.float32,
         seed: int | None = 0,
     ) -> None:
-        if int(n_inputs) != n_inputs or n_inputs < 1:
+        def positive_int(v: Any) -> bool:
+            return isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1
+
+        if not positive_int(n_inputs):
             raise ConfigError(f"n_inputs={n_inputs!r} must be a positive integer (the number of features)")
+        if isinstance(hidden, (str, bytes)) or not all(positive_int(h) for h in hidden):
+            raise ConfigError(f"hidden={hidden!r} must list positive integer layer sizes, e.g. (64, 32)")
         hidden = tuple(int(h) for h in hidden)
-        if any(h < 1 for h in hidden):
-            raise ConfigError(f"hidden={hidden} must list positive layer sizes, e.g. (64, 32)")
         if activation not in ACTIVATIONS:
             raise ConfigError(f"activation {activation!r} is unknown; choose one of {sorted(ACTIVATIONS)}")
         self.n_inputs = int(n_inputs)
@@ -156,9 +159,6 @@ class MLP:
             "loss": "binary_cross_entropy",
             "dtype": self.dtype.name,
         }
-
-    def param_shapes(self) -> list[tuple[int, ...]]:
-        return [p.shape for p in self._params]
 
     @classmethod
     def from_architecture(cls, architecture: dict[str, Any], params: Sequence[np.ndarray]) -> "MLP":

@@ -185,3 +185,35 @@ def test_float32_network_agrees_with_float64_to_single_precision():
     for a, b in zip(g32, g64):
         assert a.dtype == np.float32
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "kwargs,words",
+    [
+        (dict(n_inputs=0), "n_inputs=0"),
+        (dict(n_inputs="12"), "n_inputs='12'"),
+        (dict(n_inputs=4, hidden=(8, 0)), "hidden=(8, 0)"),
+        (dict(n_inputs=4, activation="swish"), "activation 'swish' is unknown"),
+        (dict(n_inputs=4, dtype=np.float16), "float16 is not supported"),
+    ],
+)
+def test_bad_architecture_settings_are_refused(kwargs, words):
+    from ann.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words.replace("(", r"\(").replace(")", r"\)")):
+        MLP(**kwargs)
+
+
+def test_architecture_round_trip_and_wrong_shapes():
+    from ann.errors import ConfigError, FeatureSpecMismatch
+
+    net = MLP(6, (4, 3), "sigmoid", dtype=np.float64, seed=3)
+    copy = MLP.from_architecture(net.architecture(), net.params)
+    X = np.random.default_rng(0).normal(size=(5, 6))
+    np.testing.assert_array_equal(copy.predict_proba(X), net.predict_proba(X))
+    with pytest.raises(ConfigError, match=r"W2\) has shape \(3, 3\)"):
+        MLP.from_architecture(net.architecture(), [net.params[0], net.params[1], np.zeros((3, 3))] + net.params[3:])
+    with pytest.raises(ConfigError, match="unknown keys \\['depth'\\]"):
+        MLP.from_architecture({**net.architecture(), "depth": 3}, net.params)
+    with pytest.raises(FeatureSpecMismatch, match=r"takes \(N, 6\)"):
+        net.predict_proba(np.zeros((2, 5)))
