@@ -85,7 +85,7 @@ def main() -> None:
         return run
 
     # ---------------------------------------------------------------- torch
-    def torch_epoch(batch: int, fused: bool = False) -> callable:
+    def torch_epoch(batch: int, fused: bool = False, step: bool = True) -> callable:
         torch.manual_seed(0)
         model = torch.nn.Sequential(
             torch.nn.Linear(sizes[0], sizes[1]),
@@ -102,12 +102,16 @@ def main() -> None:
         def run() -> None:
             perm = torch.randperm(N, generator=gen)
             for start in range(0, N, batch):
-                idx = perm[start : start + batch]
-                xb, yb = Xt[idx], yt[idx]
+                if step:
+                    idx = perm[start : start + batch]
+                    xb, yb = Xt[idx], yt[idx]
+                else:  # forward + backward alone: contiguous batches, no optimizer
+                    xb, yb = Xt[start : start + batch], yt[start : start + batch]
                 opt.zero_grad(set_to_none=True)
                 loss = loss_fn(model(xb).squeeze(1), yb)
                 loss.backward()
-                opt.step()
+                if step:
+                    opt.step()
 
         return run
 
@@ -163,6 +167,9 @@ def main() -> None:
         "sklearn adam b256": sklearn_epoch(256),
         "ann sgd b2048": ann_epoch(2048, "sgd"),
         "matmul floor b2048": floor_epoch(2048),
+        # For reading the b2048 ratio: torch's forward + backward alone (MKL's sgemm), no
+        # shuffle and no optimizer, next to NumPy's eight bare products (OpenBLAS) above.
+        "torch fwd+bwd only b2048": torch_epoch(2048, step=False),
     }
     def timed(run: callable) -> tuple[float, float]:
         start = clocks()
