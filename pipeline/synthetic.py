@@ -865,7 +865,7 @@ def build_scene(
         if not 12 < i < len(s["points"]) - 12 or not clear_of_others(k, x, y, 30):
             continue
         if kind == "fallen_tree":
-            neg = dict(kind=kind, x=x, y=y, ux=t[0], uy=t[1], length=ch + rng.uniform(5, 11), width=rng.uniform(0.8, 1.3))
+            neg = dict(kind=kind, x=x, y=y, ux=t[0], uy=t[1], length=2 * ch + rng.uniform(7, 15), width=rng.uniform(1.0, 1.5))
         elif kind == "narrows":
             n_span = int(rng.integers(2, 4))
             prof = np.ones(len(s["half"]))
@@ -966,8 +966,8 @@ _PALETTE = {
     "meadow": ((0.200, 0.270, 0.130, 0.46), (0.330, 0.315, 0.210, 0.33)),
     "wet_meadow": ((0.140, 0.200, 0.100, 0.38), (0.210, 0.220, 0.140, 0.30)),
     "crop": ((0.150, 0.255, 0.095, 0.56), (0.380, 0.345, 0.215, 0.35)),
-    "cereal": ((0.420, 0.400, 0.255, 0.40), (0.500, 0.440, 0.300, 0.36)),
-    "soil": ((0.340, 0.285, 0.220, 0.28), (0.360, 0.300, 0.235, 0.30)),
+    "cereal": ((0.430, 0.415, 0.300, 0.40), (0.500, 0.450, 0.330, 0.36)),
+    "soil": ((0.380, 0.325, 0.255, 0.28), (0.395, 0.340, 0.265, 0.30)),
     "young": ((0.260, 0.270, 0.170, 0.36), (0.300, 0.285, 0.200, 0.32)),
     "stream": ((0.070, 0.095, 0.080, 0.035), (0.080, 0.095, 0.080, 0.035)),
     "deep": ((0.030, 0.055, 0.065, 0.018), (0.035, 0.055, 0.060, 0.018)),
@@ -979,13 +979,13 @@ _PALETTE = {
     "dam": ((0.285, 0.245, 0.190, 0.20), (0.290, 0.250, 0.195, 0.20)),
     "snag": ((0.420, 0.400, 0.370, 0.27), (0.420, 0.400, 0.370, 0.27)),
     "bark": ((0.300, 0.265, 0.215, 0.26), (0.300, 0.265, 0.215, 0.26)),
-    "rock": ((0.430, 0.420, 0.390, 0.34), (0.430, 0.420, 0.390, 0.34)),
+    "rock": ((0.330, 0.320, 0.295, 0.27), (0.330, 0.320, 0.295, 0.27)),
     "asphalt": ((0.300, 0.300, 0.305, 0.26), (0.300, 0.300, 0.305, 0.26)),
     "gravel": ((0.430, 0.400, 0.350, 0.33), (0.440, 0.410, 0.355, 0.33)),
 }
 _ROOFS = ((0.40, 0.40, 0.42, 0.36), (0.46, 0.22, 0.17, 0.30), (0.22, 0.22, 0.24, 0.20), (0.66, 0.66, 0.66, 0.58))
-_HAZE = (0.030, 0.036, 0.052, 0.012)
-_DN_SCALE = 1.35 * 255  # reflectance -> digital number, a typical provider stretch
+_HAZE = (0.036, 0.044, 0.078, 0.012)
+_DN_SCALE = 1.55 * 255  # reflectance -> digital number, a typical provider stretch
 # Field classes by crop hash: what a parcel grows this year.
 _FIELD_CLASSES = ("crop", "cereal", "soil", "meadow", "crop", "young", "cereal", "meadow")
 
@@ -1183,7 +1183,7 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     dist_stream = _interp_lattice(dl, lx0, ly0, xs, ys, L)  # (H, W) m, capped at 80
     rip_noise = _noise(xs, ys, 60.0, sd["rip"])
     forest = zone + _F32(0.05) * (c2 - _F32(0.5)) > _F32(0.52)
-    old_field = zone > _F32(0.46)  # a meadow margin between forest and cropland
+    old_field = zone > _F32(0.49)  # a meadow margin between forest and cropland
     conifer = zone > _F32(0.62) + _F32(0.1) * coarse
     shrub_w = _F32(10.0) + _F32(30.0) * rip_noise
     open_w = _F32(1.0) + _F32(10.0) * rip_noise * rip_noise
@@ -1290,7 +1290,11 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     bank = _soft(np.minimum(_F32(1.6) - q_eff, (_F32(2.5) - dstr)), p) * _F32(0.6)
     _blend(C, bank, pal["bank"])
     stream_alpha = _soft(inside, p)
-    stream_col = pal["stream"][:, None, None] * (_F32(0.9) + _F32(0.25) * coarse)[None]
+    # Deeper, darker water away from the banks: wide pools look like ponds, riffles do not.
+    depth = np.clip(inside * _F32(0.22), _F32(0.0), _F32(1.0))[None]
+    stream_col = (pal["stream"][:, None, None] * (_F32(1.0) - depth) + pal["pond"][:, None, None] * depth) * (
+        _F32(0.9) + _F32(0.25) * coarse
+    )[None]
     _blend(C, stream_alpha, stream_col)
 
     # --- dams: pond (or drained pond) upstream, curved barrier across the channel.
@@ -1425,7 +1429,10 @@ def _draw_negative(C, win, xs, ys, neg: HardNegative, pal, p: float, cond) -> No
         r = np.sqrt(u * u * _F32(0.6) + v * v)
         e = _F32(neg.length) - r - _F32(0.35 * neg.length) * (n - _F32(0.5))
         _blend(C, _soft(e + _F32(2.5), p) * _F32(0.8), pal["reeds"], win)
-        _blend(C, _soft(e, p), pal["pond"][:, None, None] * (_F32(0.85) + _F32(0.3) * n)[None], win)
+        pond = _soft(e, p)
+        _blend(C, pond, pal["pond"][:, None, None] * (_F32(0.85) + _F32(0.3) * n)[None], win)
+        if neg.seed % 2:  # half of them drowned trees too, as beaver ponds have
+            _blend(C, _soft(-_snags(lxs, lys, neg.seed, 0.25, spacing=6.0), p) * pond, pal["snag"], win)
 
 
 def _draw_building(C, win, xs, ys, bld: Building, p: float, cond) -> None:
