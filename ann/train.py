@@ -64,8 +64,10 @@ class TrainConfig:
     beta2: float = 0.999  # Adam: decay of the squared-gradient mean
     eps: float = 1e-8  # Adam: keeps the step finite where the gradient is ~0
     l2: float = 1e-4  # weight decay: adds l2 * W to each weight matrix's mean gradient
-    batch_size: int = 256  # examples per step (read by whoever builds the gradient source)
-    seed: int = 0  # shuffling seed (read by whoever builds the gradient source)
+    # The next three describe the data side; fit itself never reads them, the gradient source's
+    # builder does (InMemorySource.from_config, ann.parallel).
+    batch_size: int = 256  # examples per step
+    seed: int = 0  # shuffling seed
     class_weight: str | tuple[float, float] | None = None  # None, "balanced" or (w0, w1); see class_sample_weights
     max_epochs: int = 200  # hard stop
     patience: int = 10  # epochs without improvement of `metric` before stopping
@@ -207,6 +209,23 @@ class InMemorySource:
         self._xb = np.empty((self.batch_size, X.shape[1]), net.dtype)  # (B, F)
         self._yb = np.empty(self.batch_size, net.dtype)  # (B,)
         self._wb = None if self.w is None else np.empty(self.batch_size, net.dtype)
+
+    @classmethod
+    def from_config(
+        cls,
+        net: MLP,
+        X: np.ndarray,
+        y: np.ndarray,
+        config: TrainConfig,
+        sample_weight: np.ndarray | None = None,
+    ) -> "InMemorySource":
+        """The source ``config`` describes: its batch_size, seed and class_weight (multiplied
+        into ``sample_weight`` when both are given)."""
+        w = class_sample_weights(y, config.class_weight, dtype=np.float64)
+        if sample_weight is not None:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
+            w = sample_weight if w is None else w * sample_weight
+        return cls(net, X, y, batch_size=config.batch_size, seed=config.seed, sample_weight=w)
 
     def steps_per_epoch(self) -> int:
         return -(-self.n_examples // self.batch_size)

@@ -63,9 +63,13 @@ def test_class_weights_raise_recall_of_rare_positives():
     recalls = {}
     for class_weight in (None, "balanced"):
         net = MLP(5, (8,), seed=5)
-        w = class_sample_weights(y_train, class_weight)
-        source = InMemorySource(net, X_train, y_train, batch_size=128, seed=6, sample_weight=w)
-        fit(net, source, X_val, y_val, TrainConfig(learning_rate=0.01, max_epochs=15, patience=15, metric="loss"))
+        config = TrainConfig(learning_rate=0.01, batch_size=128, seed=6, class_weight=class_weight, max_epochs=15, patience=15, metric="loss")
+        source = InMemorySource.from_config(net, X_train, y_train, config)
+        if class_weight is None:
+            assert source.w is None
+        else:
+            np.testing.assert_array_equal(source.w, class_sample_weights(y_train, class_weight))
+        fit(net, source, X_val, y_val, config)
         recalls[class_weight] = recall(y_val, net.predict_proba(X_val) >= 0.5)
     assert recalls[None] < 0.2  # unweighted, the network mostly answers "no"
     assert recalls["balanced"] > 0.6
