@@ -5,20 +5,22 @@ One epoch over the same data (N × 1100 float32, labels 0/1), the same network
 batch, one thread on every side (threadpoolctl caps NumPy's OpenBLAS, torch.set_num_threads(1)):
 
 - ann: ``ann.train.fit`` with an ``InMemorySource`` (shuffle, gather, forward, backward, mean
-  gradient, optimizer step, and fit's validation on 64 rows), timed by fit's own per-epoch clock
-  on its second epoch (steady state, like the other sides' persistent optimizers);
+  gradient, optimizer step, and fit's validation on 64 rows), timed between the callbacks that
+  end its first and second epochs (steady state, like the other sides' persistent optimizers);
 - torch: the idiomatic loop (randperm, ``X[idx]``, ``BCEWithLogitsLoss``, ``backward``,
   ``optimizer.step``) with torch's default Adam (and, for information, the fused Adam);
 - sklearn: ``MLPClassifier.partial_fit`` (one epoch; same sizes, Adam, alpha=0);
 - floor: the eight matrix products of forward and backward alone, on contiguous batches,
-  written into preallocated arrays: what no implementation can beat.
+  written into preallocated arrays: what no NumPy implementation can beat;
+- torch fwd+bwd only: torch's forward and backward on contiguous batches, no optimizer. It
+  shows how much of the b2048 ratio is BLAS: torch's products run on MKL, NumPy's on OpenBLAS.
 
 Weight decay is off on every side (sklearn's alpha=0). The machine is shared, so every
 measurement is repeated in alternating rounds, the best (least disturbed) time of each side is
 kept, and the ratios use the process's CPU time (wall time is printed beside it). Ratios are
 ann's time over the other's (lower is faster). The last line printed is JSON.
 
-Run: ``.venv/bin/python benchmarks/ann.py [--rounds 7] [--n 16384]``
+Run: ``.venv/bin/python benchmarks/ann.py [--rounds 9] [--n 16384]`` (about a minute).
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=7, help="alternating repetitions; best kept (default 7)")
+    parser.add_argument("--rounds", type=int, default=9, help="alternating repetitions; best kept (default 9)")
     parser.add_argument("--n", type=int, default=16384, help="training examples per epoch (default 16384)")
     args = parser.parse_args()
 
