@@ -334,35 +334,39 @@ def _to_wgs84(geometry: dict, crs: Any) -> dict:
     return _rfc7946_orient(dict(geom))
 
 
-def _union_geometry(member: np.ndarray, edges: TileEdges, transform: Affine) -> dict:
-    """Union of the footprints of tiles where ``member`` is true, in map coordinates.
+def _component_geometries(labels: np.ndarray, edges: TileEdges, transform: Affine) -> dict[int, dict]:
+    """Union of the footprints of each component's tiles, in map coordinates, by label.
 
-    The tiles' edges cut the survey into a coarse irregular lattice of *elementary cells*,
-    each inside or outside the union; rasterio's polygonizer traces that lattice in index
-    space, and the vertices are mapped back to pixels, then to map coordinates. Exact, and
-    never touches survey-resolution arrays.
+    The tiles' edges cut the survey into a coarse irregular lattice of *elementary cells*
+    (at most 2 n_rows x 2 n_cols); each cell takes the label of the component covering it
+    (two components never share a cell: tiles sharing one would touch). One pass of
+    rasterio's polygonizer over that lattice traces every component in index space, and the
+    vertices are mapped back to pixels, then to map coordinates. Exact, and never touches
+    survey-resolution arrays.
     """
     import rasterio.features
 
     ys = np.unique(np.concatenate([edges.row_starts, edges.row_stops]))
     xs = np.unique(np.concatenate([edges.col_starts, edges.col_stops]))
-    lattice = np.zeros((len(ys) - 1, len(xs) - 1), dtype=np.uint8)
-    for r, c in zip(*np.nonzero(member)):
-        i0, i1 = np.searchsorted(ys, [edges.row_starts[r], edges.row_stops[r]])
-        j0, j1 = np.searchsorted(xs, [edges.col_starts[c], edges.col_stops[c]])
-        lattice[i0:i1, j0:j1] = 1
-    polygons = []
-    for shape, value in rasterio.features.shapes(lattice, mask=lattice.astype(bool), connectivity=4):
+    i0 = np.searchsorted(ys, edges.row_starts)  # lattice rows [i0, i1) of each tile row
+    i1 = np.searchsorted(ys, edges.row_stops)
+    j0 = np.searchsorted(xs, edges.col_starts)
+    j1 = np.searchsorted(xs, edges.col_stops)
+    lattice = np.zeros((len(ys) - 1, len(xs) - 1), dtype=np.int32)
+    for r, c in zip(*np.nonzero(labels)):
+        lattice[i0[r]:i1[r], j0[c]:j1[c]] = labels[r, c]
+    polygons: dict[int, list] = {}
+    for shape, value in rasterio.features.shapes(lattice, mask=lattice > 0, connectivity=4):
         rings = []
         for ring in shape["coordinates"]:
             idx = np.rint(np.asarray(ring)).astype(int)  # (n, 2) lattice vertex (j, i)
-            px, py = xs[idx[:, 0]], ys[idx[:, 1]]
-            mx, my = transform * (px, py)
+            mx, my = transform * (xs[idx[:, 0]], ys[idx[:, 1]])
             rings.append(np.column_stack([mx, my]).tolist())
-        polygons.append(rings)
-    if len(polygons) == 1:
-        return {"type": "Polygon", "coordinates": polygons[0]}
-    return {"type": "MultiPolygon", "coordinates": polygons}
+        polygons.setdefault(int(value), []).append(rings)
+    return {
+        k: {"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1 else {"type": "MultiPolygon", "coordinates": polys}
+        for k, polys in polygons.items()
+    }
 
 
 def detections_geojson(
@@ -380,41 +384,53 @@ def detections_geojson(
     the longitude/latitude of its peak tile's centre, and the constant ``properties`` given
     (survey id, model id).
     """
+    import rasterio
+    from rasterio.warp import transform as warp_transform
+
     p = np.asarray(probabilities, dtype=np.float64)
     edges = tile_edges(grid)
     flagged = np.isfinite(p) & (p >= threshold)
     labels = tile_components(flagged, edges)
-    from rasterio.warp import transform as warp_transform
+    n_cols = p.shape[1]
+    # The tiles of each component, without scanning the whole grid once per component.
+    flat = labels.ravel()
+    order = np.argsort(flat, kind="stable")
+    bounds = np.cumsum(np.bincount(flat, minlength=1))
+    components = []
+    for k in range(1, len(bounds)):
+        idx = order[bounds[k - 1]:bounds[k]]
+        rows, cols = idx // n_cols, idx % n_cols
+        values = p[rows, cols]
+        peak = int(np.argmax(values))
+        components.append((float(values[peak]), k, values, (rows[peak], cols[peak])))
+    components.sort(key=lambda item: (-item[0], item[1]))  # strongest first
 
-    found = []
-    for k in range(1, int(labels.max(initial=0)) + 1):
-        member = labels == k
-        values = p[member]
-        peak_index = np.unravel_index(np.argmax(np.where(member, p, -np.inf)), p.shape)
-        found.append((float(values.max()), k, member, values, peak_index))
-    found.sort(key=lambda item: (-item[0], item[1]))
+    # Peak tile centres to longitude/latitude in one call.
+    peaks = np.array([pk for *_, pk in components], dtype=np.int64).reshape(-1, 2)
+    cx = 0.5 * (edges.col_starts[peaks[:, 1]] + edges.col_stops[peaks[:, 1]])
+    cy = 0.5 * (edges.row_starts[peaks[:, 0]] + edges.row_stops[peaks[:, 0]])
+    mx, my = grid.transform * (cx, cy)
+    lons, lats = warp_transform(grid.crs, "EPSG:4326", list(mx), list(my)) if len(peaks) else ([], [])
 
+    geometries = _component_geometries(labels, edges, grid.transform)
     features = []
-    for rank, (peak, _, member, values, (pr, pc)) in enumerate(found, start=1):
-        geometry = _to_wgs84(_union_geometry(member, edges, grid.transform), grid.crs)
-        cx = 0.5 * (edges.col_starts[pc] + edges.col_stops[pc])
-        cy = 0.5 * (edges.row_starts[pr] + edges.row_stops[pr])
-        mx, my = grid.transform * (cx, cy)
-        (lon,), (lat,) = warp_transform(grid.crs, "EPSG:4326", [mx], [my])
-        props = {
-            "id": rank,
-            "peak_probability": round(peak, 6),
-            "mean_probability": round(float(values.mean()), 6),
-            "tile_count": int(member.sum()),
-            "confidence": confidence_class(peak),
-            "threshold": float(threshold),
-            "peak_lon": round(float(lon), 8),
-            "peak_lat": round(float(lat), 8),
-            **dict(properties or {}),
-        }
-        features.append(
-            {"type": "Feature", "id": rank, "bbox": _bbox(geometry), "geometry": geometry, "properties": props}
-        )
+    with rasterio.Env():  # one GDAL environment for all the per-detection calls
+        for rank, (peak, k, values, _) in enumerate(components, start=1):
+            geometry = _to_wgs84(geometries[k], grid.crs)
+            props = {
+                "id": rank,
+                "peak_probability": round(peak, 6),
+                "mean_probability": round(float(values.mean()), 6),
+                "tile_count": int(len(values)),
+                "confidence": confidence_class(peak),
+                "threshold": float(threshold),
+                "peak_lon": round(float(lons[rank - 1]), 8),
+                "peak_lat": round(float(lats[rank - 1]), 8),
+                **dict(properties or {}),
+            }
+            features.append(
+                {"type": "Feature", "id": rank, "bbox": _bbox(geometry), "geometry": geometry, "properties": props}
+            )
     return {"type": "FeatureCollection", "features": features}
 
 
@@ -569,9 +585,13 @@ def render_quicklook(
             vmin=panel.get("vmin"), vmax=panel.get("vmax"), norm=panel.get("norm"),
             alpha=panel.get("alpha", 0.6), interpolation="nearest",
         )
-        for ring in panel.get("outlines", []):
-            xy = np.asarray(ring)
-            ax.plot(xy[:, 0], xy[:, 1], color=panel.get("outline_color", "cyan"), linewidth=1.0)
+        if panel.get("outlines"):  # one collection: thousands of ax.plot calls take seconds
+            from matplotlib.collections import LineCollection
+
+            ax.add_collection(LineCollection(
+                [np.asarray(ring) for ring in panel["outlines"]],
+                colors=panel.get("outline_color", "cyan"), linewidths=1.0,
+            ))
         if panel.get("colorbar"):
             cb = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
             cb.set_label(panel["colorbar"])
