@@ -41,12 +41,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.cluster import dask_client
-    from pipeline.features import compute_features, get_spec
+    from pipeline.features import compute_features, get_spec, spec_band_indices
 
     store = open_store(args)
     spec = get_spec(args.spec)
-    for survey_id in args.surveys:
-        store.survey(survey_id)  # unknown ids fail before a cluster starts
+    for survey_id in args.surveys:  # unknown ids and missing bands fail before a cluster starts
+        spec_band_indices(spec, store.survey(survey_id).bands, f"survey {survey_id}")
     with dask_client(args.cluster, n_workers=args.workers) as client:
         for survey_id in args.surveys:
             result = compute_features(

@@ -314,3 +314,19 @@ def test_local_threads_without_a_cluster_equal_numpy():
     assert isinstance(packed, np.ndarray)
     np.testing.assert_allclose(packed[..., :-1], expected, rtol=1e-6, atol=1e-7, equal_nan=True)
     np.testing.assert_array_equal(packed[..., -1], fraction)
+
+
+@pytest.mark.naip
+def test_features_of_a_replaced_survey_are_recomputed(tmp_path, naip_files, dask_client):
+    from pipeline.store import Store, ingest
+
+    store = Store(tmp_path / "damwatch-data")
+    bands = ("red", "green", "blue", "nir")
+    ingest(naip_files[0], "naip", "2009-08-18", store, bands=bands)
+    first = compute_features(store, "naip-2009-08-18", client=dask_client)
+    first_values = np.asarray(first.values[...])  # .values reads the store lazily: keep a copy
+    ingest(naip_files[1], "naip", "2009-08-18", store, bands=bands, overwrite=True)  # another file, same id
+    second = compute_features(store, "naip-2009-08-18", client=dask_client)
+    assert (first.status, second.status) == ("computed", "computed")
+    assert not np.array_equal(first_values, np.asarray(second.values[...]), equal_nan=True)
+    assert second.grid.height == store.survey("naip-2009-08-18").height
