@@ -505,3 +505,85 @@ def labels_task(
         }
 
     return run_stage(store, "labels", f"{survey_id}/size{size}_stride{stride}", inputs, outputs_exist, work, run_id)
+
+
+def _labels_digest(store: Store, survey_id: str, labels: str, stride: int, size: int) -> str:
+    """SHA-256 of a stored label set's values: training is redone when any label changes."""
+    import hashlib
+
+    import numpy as np
+
+    from pipeline.labels import open_labels
+
+    values = np.ascontiguousarray(open_labels(store, survey_id, labels, stride, size).values)
+    return hashlib.sha256(values.tobytes() + str(values.shape).encode()).hexdigest()
+
+
+def train_summary(report: Mapping[str, Any]) -> dict:
+    """The figures of a training report a run summary shows: epochs, final validation metrics, seconds."""
+    history = report["history"]
+    return {
+        "model_id": report["model_id"],
+        "epochs": len(history["epochs"]),
+        "best_epoch": history["best_epoch"],
+        "stop_reason": history["stop_reason"],
+        "threshold": report["threshold"],
+        "validation": report["validation"],
+        "test": report["test"],
+        "counts": report["counts"],
+        "columns": report["columns"],
+        "workers": report["workers"],
+        "seconds": report["seconds"],
+    }
+
+
+@task(name="train", **RETRY)
+def train_task(
+    store_root: str,
+    survey_ids: list[str],
+    spec: str = "default",
+    labels: str = "default",
+    settings: dict[str, Any] | None = None,
+    holdout: dict[str, Any] | None = None,
+    hidden: list[int] | None = None,
+    stride: int = 128,
+    size: int = 128,
+    run_id: str | None = None,
+) -> dict:
+    """Train a classifier data-parallel on the labelled tiles of ``survey_ids`` (see pipeline.training).
+
+    ``settings``: :class:`ann.train.TrainConfig` fields (optimizer, learning_rate, max_epochs,
+    patience, seed, ...); ``holdout``: :class:`pipeline.training.HoldOut` fields; ``hidden``:
+    hidden layer sizes. The weights do not depend on the number of workers, so it is not an input.
+    """
+    from ann.train import TrainConfig
+    from pipeline.features import get_spec
+    from pipeline.training import HoldOut, train_model
+
+    store = Store(store_root)
+    config = TrainConfig.from_dict(dict(settings or {}))
+    cut = HoldOut(**dict(holdout or {}))
+    hidden = list(hidden or [64, 32])
+    inputs = {
+        "surveys": {s: store.survey(s).source_sha256 for s in survey_ids},
+        "labels": {s: _labels_digest(store, s, labels, stride, size) for s in survey_ids},
+        "spec": get_spec(spec).id,
+        "config": config.to_dict(),
+        "holdout": dict(cut.__dict__),
+        "hidden": hidden,
+        "stride": stride,
+        "size": size,
+    }
+
+    def outputs_exist(outputs: Mapping[str, Any]) -> bool:
+        return (store.models_dir / f"{outputs['model_id']}.json").is_file()
+
+    def work() -> dict:
+        with stage_client() as client:
+            _, model_id, report = train_model(
+                store, survey_ids, spec, labels, client=client, config=config, holdout=cut,
+                hidden=hidden, stride=stride, size=size,
+            )
+        return {"model_id": model_id, "report": report.to_dict()}
+
+    return run_stage(store, "train", "+".join(survey_ids), inputs, outputs_exist, work, run_id)

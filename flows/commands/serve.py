@@ -54,7 +54,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.deployments import WATCH_DEPLOYMENT, require_server, serve_deployments, watch_deployment
+    from flows.deployments import WATCH_DEPLOYMENT, require_server, serve_deployments, train_deployment, watch_deployment
 
     require_server()  # before anything else: the clearest error first
     watch = watch_deployment(
@@ -72,5 +72,5 @@ def run(args: argparse.Namespace) -> int:
         },
         name=args.name or WATCH_DEPLOYMENT,
     )
-    serve_deployments(watch, limit=args.limit)
+    serve_deployments(watch, train_deployment(args.store), limit=args.limit)
     return 0
