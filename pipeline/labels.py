@@ -232,58 +232,51 @@ def _pixel_counts(shapes: list[dict], grid: TileGrid, rows: tuple[int, int], col
     return counts, int(mask.sum())
 
 
-def _vector_hits(parts: list[dict], grid: TileGrid, min_cover: float) -> tuple[np.ndarray, bool]:
-    """Tiles holding one object (given as its single-part geometries in the survey CRS): bool (n_rows, n_cols).
+def _tiles_under(grid: TileGrid, xy: np.ndarray) -> tuple[tuple[int, int], tuple[int, int]] | None:
+    """Tile ranges ((r0, r1), (c0, c1)) meeting the pixels under the bounding box of map points ``xy``.
 
-    Also whether the object meets the raster at all.
+    None when the box misses the raster. For a single point: the tiles holding its pixel.
+    """
+    cols, rows = (np.asarray(v) for v in ~grid.transform * (xy[:, 0], xy[:, 1]))
+    r0, r1 = max(0, math.floor(rows.min())), min(grid.height, math.floor(rows.max()) + 1)
+    c0, c1 = max(0, math.floor(cols.min())), min(grid.width, math.floor(cols.max()) + 1)
+    if r0 >= r1 or c0 >= c1:
+        return None
+    return _tile_span(grid.row_offsets, grid.size, r0, r1), _tile_span(grid.col_offsets, grid.size, c0, c1)
+
+
+def _vector_hits(parts: list[dict], grid: TileGrid, min_cover: float) -> tuple[np.ndarray, bool]:
+    """Tiles holding one object, given as its single-part geometries in the survey's CRS.
+
+    Returns ``(hits (n_rows, n_cols) bool, whether the object meets the raster at all)``.
     """
     hits = np.zeros(grid.shape, dtype=bool)
-    inverse = ~grid.transform
-    tile_area = grid.size * grid.size
     inside = False
-    polygons = [p for p in parts if p["type"] == "Polygon"]
     for part in parts:
-        xy = _all_xy(part)
-        cols_px, rows_px = inverse * (xy[:, 0], xy[:, 1])
-        cols_px, rows_px = np.asarray(cols_px), np.asarray(rows_px)
+        span = None if part["type"] == "Polygon" else _tiles_under(grid, _all_xy(part))
+        if span is None:
+            continue
+        (r0, r1), (c0, c1) = span
         if part["type"] == "Point":
-            c, r = math.floor(cols_px[0]), math.floor(rows_px[0])
-            if 0 <= r < grid.height and 0 <= c < grid.width:
-                inside = True
-                rr = _tile_span(grid.row_offsets, grid.size, r, r + 1)
-                cc = _tile_span(grid.col_offsets, grid.size, c, c + 1)
-                hits[rr[0] : rr[1], cc[0] : cc[1]] = True
-            continue
-        # pixel bounding box of the part, clipped to the raster
-        lo_r, hi_r = max(0.0, rows_px.min()), min(float(grid.height), rows_px.max() + 1)
-        lo_c, hi_c = max(0.0, cols_px.min()), min(float(grid.width), cols_px.max() + 1)
-        if lo_r >= hi_r or lo_c >= hi_c:
-            continue
-        rr = _tile_span(grid.row_offsets, grid.size, math.floor(lo_r), math.ceil(hi_r))
-        cc = _tile_span(grid.col_offsets, grid.size, math.floor(lo_c), math.ceil(hi_c))
-        if rr[0] >= rr[1] or cc[0] >= cc[1]:
-            continue
-        if part["type"] == "LineString":
-            counts, total = _pixel_counts([part], grid, rr, cc, all_touched=True)
-            hits[rr[0] : rr[1], cc[0] : cc[1]] |= counts > 0
+            hits[r0:r1, c0:c1] = True
+            inside = True
+        else:  # LineString: every tile with a touched pixel
+            counts, total = _pixel_counts([part], grid, span[0], span[1], all_touched=True)
+            hits[r0:r1, c0:c1] |= counts > 0
             inside |= total > 0
-    if polygons:
-        # a multipolygon is one object: its parts are rasterized together
-        xy = np.concatenate([_all_xy(p) for p in polygons])
-        cols_px, rows_px = (np.asarray(v) for v in inverse * (xy[:, 0], xy[:, 1]))
-        lo_r, hi_r = max(0.0, rows_px.min()), min(float(grid.height), rows_px.max() + 1)
-        lo_c, hi_c = max(0.0, cols_px.min()), min(float(grid.width), cols_px.max() + 1)
-        if lo_r < hi_r and lo_c < hi_c:
-            rr = _tile_span(grid.row_offsets, grid.size, math.floor(lo_r), math.ceil(hi_r))
-            cc = _tile_span(grid.col_offsets, grid.size, math.floor(lo_c), math.ceil(hi_c))
-            counts, total = _pixel_counts(polygons, grid, rr, cc, all_touched=False)
-            if total == 0:  # thinner than a pixel centre: fall back to touched pixels
-                counts, total = _pixel_counts(polygons, grid, rr, cc, all_touched=True)
-            if total > 0:
-                inside = True
-                # total: the polygon's area in pixels within the raster (the window spans its
-                # whole clipped bounding box, each pixel once even where tiles overlap)
-                hits[rr[0] : rr[1], cc[0] : cc[1]] |= (counts >= min_cover * tile_area) | (2 * counts >= total)
+    polygons = [p for p in parts if p["type"] == "Polygon"]  # a multipolygon is one object
+    span = _tiles_under(grid, np.concatenate([_all_xy(p) for p in polygons])) if polygons else None
+    if span is not None:
+        (r0, r1), (c0, c1) = span
+        counts, total = _pixel_counts(polygons, grid, span[0], span[1], all_touched=False)
+        if total == 0:  # thinner than a pixel centre: count the pixels it touches instead
+            counts, total = _pixel_counts(polygons, grid, span[0], span[1], all_touched=True)
+        if total > 0:
+            inside = True
+            # total = the polygon's area in pixels within the raster: the window spans its whole
+            # clipped bounding box and counts each pixel once, even where tiles overlap
+            tile_area = grid.size * grid.size
+            hits[r0:r1, c0:c1] |= (counts >= min_cover * tile_area) | (2 * counts >= total)
     return hits, inside
 
 

@@ -277,3 +277,26 @@ def test_labels_command_from_file_and_expression(survey_store, truth_files, dask
     assert "names swir, which survey plot-2021-06-01 does not have" in err and "Traceback" not in err
     assert main(["labels", "plot-2021-06-01", "--from", str(truth_files[0]), "--where", "class", "--store", store_dir]) == 2
     assert "is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_random_points_match_tile_windows(survey_store, tmp_path):
+    """Points given in the survey's own CRS (``crs=``): positives are the tiles whose window holds a point's pixel."""
+    rng = np.random.default_rng(5)
+    cols, rows = rng.uniform(-20, WIDTH + 20, 40), rng.uniform(-20, NODATA_FROM_ROW, 40)
+    xs, ys = TRANSFORM * (cols, rows)
+    path = write(tmp_path / "utm.geojson", [feature({"type": "Point", "coordinates": [x, y]}) for x, y in zip(xs, ys)])
+    grid = TileGrid.for_survey(survey_store.survey("plot-2021-06-01"), size=128, stride=96)
+    labels = labels_from_vector(survey_store, "plot-2021-06-01", path, grid, crs="EPSG:26914", min_valid=0.3, save=False)
+
+    expected = np.zeros(grid.shape, dtype=np.int8)
+    for r in range(grid.n_rows):
+        for c in range(grid.n_cols):
+            w = grid.window(r, c)
+            valid_rows = min(max(NODATA_FROM_ROW - w.row_off, 0), 128)  # the nodata band is whole rows
+            inside = (np.floor(rows) >= w.row_off) & (np.floor(rows) < w.row_off + 128)
+            inside &= (np.floor(cols) >= w.col_off) & (np.floor(cols) < w.col_off + 128)
+            expected[r, c] = UNKNOWN if valid_rows / 128 < 0.3 else int(inside.any())
+    assert {POSITIVE, NEGATIVE, UNKNOWN} <= set(np.unique(expected).tolist())
+    np.testing.assert_array_equal(labels.values, expected)
+    outside = int(((cols < 0) | (cols >= WIDTH) | (rows < 0)).sum())
+    assert labels.report["outside"] == outside > 0
