@@ -275,6 +275,7 @@ def tile_features(tiles: np.ndarray, valid: np.ndarray | None, spec: FeatureSpec
     # -- nodata: statistics over valid pixels, spatial features on mean-filled tiles ----------
     if valid is not None and not valid.all():
         w = valid[:, None].astype(np.float32)  # (N, 1, S, S)
+        x = np.where(w > 0, x, np.float32(0))  # nodata values (NaN in float surveys) never enter sums
         n_valid = w.sum(axis=(-2, -1), dtype=np.float64)  # (N, 1)
         empty = n_valid[:, 0] == 0
         n_valid = np.where(n_valid == 0, 1.0, n_valid)

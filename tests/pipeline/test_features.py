@@ -131,6 +131,9 @@ def test_nodata_pixels_are_excluded():
     assert feature(RGB4, f, "std_red") == pytest.approx(0.0, abs=1e-7)
     np.testing.assert_allclose(f[:16], 1.0)  # nodata filled with the valid mean: no fake edge
     assert feature(RGB4, f, "edge_strength") == pytest.approx(0.0, abs=1e-7)
+    nan = g.copy()
+    nan[:, :4] = np.nan  # a float survey's NaN nodata gives the same features
+    np.testing.assert_array_equal(tile_features(one_tile([nan, nan, nan]), valid, RGB4)[0], f)
     nothing = tile_features(one_tile([g, g, g]), np.zeros((1, 8, 8), bool), RGB4)
     assert np.isnan(nothing).all()  # an all-nodata tile has no features
 
