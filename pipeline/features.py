@@ -202,12 +202,10 @@ def spec_band_indices(spec: FeatureSpec, band_names: tuple[str, ...] | list[str]
 
 
 def pixel_scale(dtype: np.dtype | str) -> float:
-    """Factor taking pixel values to [0, 1]: ``1 / max`` for integer dtypes, 1 for floats."""
+    """Factor taking pixel values to [0, 1]: ``1 / max`` for integer dtypes (signed: to [−1, 1]), 1 for floats."""
     dtype = np.dtype(dtype)
     if np.issubdtype(dtype, np.integer):
         return 1.0 / float(np.iinfo(dtype).max)
-    if np.issubdtype(dtype, np.bool_):
-        return 1.0
     return 1.0
 
 
@@ -694,10 +692,8 @@ def open_features(
         group = store.open_group(path)
         complete = bool(group.attrs.get("complete"))
     if group is None or not complete:
-        available = sorted(
-            str(p.relative_to(store.zarr_path / "features" / survey_id))
-            for p in (store.zarr_path / "features" / survey_id).glob("*/size*_stride*")
-        ) if (store.zarr_path / "features" / survey_id).is_dir() else []
+        base = store.zarr_path / "features" / survey_id
+        available = sorted(str(p.relative_to(base)) for p in base.glob("*/size*_stride*")) if base.is_dir() else []
         raise StoreError(
             f"no complete features for survey {survey_id} with spec {spec.id}, tile size {size} and "
             f"stride {stride} in the store at {store.zarr_path.parent} (available for this survey: "
