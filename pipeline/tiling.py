@@ -31,6 +31,7 @@ into its tiles.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -131,26 +132,26 @@ class TileGrid:
     # -- shape -----------------------------------------------------------------------------
     @property
     def n_rows(self) -> int:
-        return n_tiles(self.height, self.size, self.stride)
+        return len(self.row_offsets)
 
     @property
     def n_cols(self) -> int:
-        return n_tiles(self.width, self.size, self.stride)
+        return len(self.col_offsets)
 
     @property
     def shape(self) -> tuple[int, int]:
         """``(n_rows, n_cols)``: the shape of every per-tile array (features, labels, predictions)."""
         return (self.n_rows, self.n_cols)
 
-    @property
+    @cached_property
     def row_offsets(self) -> np.ndarray:
-        """Pixel row of each tile row's top edge, shape ``(n_rows,)``."""
-        return tile_offsets(self.height, self.size, self.stride)
+        """Pixel row of each tile row's top edge, shape ``(n_rows,)`` (read-only)."""
+        return _read_only(tile_offsets(self.height, self.size, self.stride))
 
-    @property
+    @cached_property
     def col_offsets(self) -> np.ndarray:
-        """Pixel column of each tile column's left edge, shape ``(n_cols,)``."""
-        return tile_offsets(self.width, self.size, self.stride)
+        """Pixel column of each tile column's left edge, shape ``(n_cols,)`` (read-only)."""
+        return _read_only(tile_offsets(self.width, self.size, self.stride))
 
     # -- one tile --------------------------------------------------------------------------
     def _check_tile(self, row: int, col: int) -> None:
@@ -165,41 +166,43 @@ class TileGrid:
     def tile_bounds(self, row: int, col: int) -> tuple[float, float, float, float]:
         """``(left, bottom, right, top)`` of tile ``(row, col)`` in the survey's CRS (map units)."""
         self._check_tile(row, col)
-        return tuple(float(v) for v in self.bounds_array()[row, col])  # type: ignore[return-value]
+        rows, cols = slice(row, row + 1), slice(col, col + 1)
+        return tuple(float(v) for v in self.bounds_array(rows=rows, cols=cols)[0, 0])  # type: ignore[return-value]
 
     def tile_bounds_wgs84(self, row: int, col: int) -> tuple[float, float, float, float]:
         """``(west, south, east, north)`` of tile ``(row, col)`` in WGS84 degrees (densified envelope)."""
         self._check_tile(row, col)
-        return tuple(float(v) for v in self.bounds_array(wgs84=True)[row, col])  # type: ignore[return-value]
+        rows, cols = slice(row, row + 1), slice(col, col + 1)
+        return tuple(float(v) for v in self.bounds_array(wgs84=True, rows=rows, cols=cols)[0, 0])  # type: ignore[return-value]
 
     # -- every tile at once ----------------------------------------------------------------
-    def _corner_grid(self, samples: int) -> tuple[np.ndarray, np.ndarray]:
+    def _corner_grid(self, samples: int, rows: slice, cols: slice) -> tuple[np.ndarray, np.ndarray]:
         """Map coordinates of ``samples`` points along each tile edge, shape (n_rows, n_cols, 4*samples)."""
         t = np.linspace(0.0, self.size, samples)
         # the outline of a tile at the origin, in pixel units (x = column, y = row)
         px = np.concatenate([t, np.full(samples, self.size), t[::-1], np.zeros(samples)])
         py = np.concatenate([np.zeros(samples), t, np.full(samples, self.size), t[::-1]])
-        cols = self.col_offsets[None, :, None] + px[None, None, :]
-        rows = self.row_offsets[:, None, None] + py[None, None, :]
-        cols, rows = np.broadcast_arrays(cols, rows)
+        x = self.col_offsets[cols][None, :, None] + px[None, None, :]
+        y = self.row_offsets[rows][:, None, None] + py[None, None, :]
+        x, y = np.broadcast_arrays(x, y)
         a, b, c, d, e, f = self.transform[:6]
-        return a * cols + b * rows + c, d * cols + e * rows + f
+        return a * x + b * y + c, d * x + e * y + f
 
-    def bounds_array(self, wgs84: bool = False) -> np.ndarray:
-        """Bounds of every tile, shape ``(n_rows, n_cols, 4)`` as (left, bottom, right, top).
+    def bounds_array(self, wgs84: bool = False, rows: slice = slice(None), cols: slice = slice(None)) -> np.ndarray:
+        """Bounds of every tile (or of ``rows`` × ``cols``), shape ``(n_rows, n_cols, 4)`` as (left, bottom, right, top).
 
         In the survey's CRS by default; with ``wgs84=True`` in longitude/latitude degrees, the
         envelope of each tile's outline densified to 21 points per edge (a projected square is
         not a square in degrees).
         """
         if not wgs84:
-            xs, ys = self._corner_grid(2)
+            xs, ys = self._corner_grid(2, rows, cols)
         else:
             if self.crs is None:
                 raise InputError("this tile grid has no CRS, so its tiles have no WGS84 bounds")
             from rasterio.warp import transform as warp_transform
 
-            xs, ys = self._corner_grid(21)
+            xs, ys = self._corner_grid(21, rows, cols)
             shape = xs.shape
             lon, lat = warp_transform(self.crs, WGS84, xs.ravel(), ys.ravel())
             xs, ys = np.asarray(lon).reshape(shape), np.asarray(lat).reshape(shape)
@@ -272,6 +275,11 @@ def gather_tiles(block: np.ndarray, row_offsets: np.ndarray, col_offsets: np.nda
     windows = np.lib.stride_tricks.sliding_window_view(block, (size, size), axis=(-2, -1))
     tiles = windows[..., ro[:, None], co[None, :], :, :]  # (..., n_rows, n_cols, size, size)
     return np.ascontiguousarray(np.moveaxis(tiles, (lead, lead + 1), (0, 1)))
+
+
+def _read_only(a: np.ndarray) -> np.ndarray:
+    a.flags.writeable = False
+    return a
 
 
 def _evenly_spaced(offsets: np.ndarray, size: int) -> bool:
