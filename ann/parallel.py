@@ -3,8 +3,9 @@
 Synchronous data parallelism, as Horovod or PyTorch DDP do on GPUs: the training set is cut
 into the shards of an :class:`ann.shards.ShardPlan`; each shard lives in one worker's memory for
 the whole training; at every step each shard computes the *sum* of the losses and gradients of
-its slice of the global batch, the driver adds the shard sums in shard order and divides by the
-example count, and the optimizer steps. :class:`DaskGradientSource` implements
+its slice of the global batch, these sums are added along a fixed pairwise tree over the shard
+indices (:func:`ann.shards.reduce_tree`) and divided by the example count, and the optimizer
+steps. :class:`DaskGradientSource` implements
 ``ann.train.GradientSource``, so ``ann.train.fit`` trains with it exactly as with an in-memory
 source, and the weights equal those of :class:`ann.shards.ShardedSource` (one process, same plan)
 bit for bit.
@@ -17,8 +18,10 @@ How the work reaches the workers, and why:
   goes on to the same result.
 - One task per worker thread per step, not one per shard: the task receives the current
   weights (so they reach each worker once per step) and the shards placed on that worker, and
-  returns each shard's sums separately, so the reduction order stays the shard order whatever
-  the placement. Per-task overhead (~1-2 ms) and the round trip (~10 ms) are paid once per
+  returns their sums already added up to the largest complete nodes of the reduction tree
+  (one gradient per worker when its shards are contiguous, as placement arranges), and the
+  driver adds the nodes. Every node is the same addition wherever it happens, so the result is
+  the same bits for any placement. Per-task overhead (~1-2 ms) and the round trip (~10 ms) are paid once per
   worker and step; the plan's ``batch_size`` and ``micro_batch`` make each task long enough
   that they stay a small share (DESIGN decision 6; see benchmarks/README.md).
 - Placement is checked at the start of every epoch: shards are balanced over the live workers
@@ -41,10 +44,11 @@ from ann.shards import (
     ShardLoader,
     ShardPlan,
     StepResult,
-    add_in_shard_order,
     combine_moments,
     network_for,
     prepare_shard,
+    reduce_held,
+    reduce_tree,
     shard_gradient,
     shard_moments,
 )
@@ -58,12 +62,13 @@ def _load(load_shard: ShardLoader, index: int):
 
 def _gradient_group(
     architecture: dict, params: list[np.ndarray], plan: ShardPlan, epoch: int, step: int, *shards: Shard
-) -> tuple[list[StepResult], float]:
-    """Per-shard sums for ``shards`` (one worker's share of a step) and the seconds spent computing."""
+) -> tuple[dict[tuple[int, int], StepResult], float]:
+    """One worker's share of a step: its shards' sums, added up to the largest complete nodes of
+    the reduction tree (fewer arrays to send back), and the seconds spent computing."""
     start = time.perf_counter()
     net = network_for(architecture, params)
-    results = [shard_gradient(net, shard, plan, epoch, step) for shard in shards]
-    return results, time.perf_counter() - start
+    leaves = {shard.index: shard_gradient(net, shard, plan, epoch, step) for shard in shards}
+    return reduce_held(leaves, plan.n_shards), time.perf_counter() - start
 
 
 def balance_shards(
@@ -98,10 +103,9 @@ def balance_shards(
         room[w] -= 1
     groups = []
     for w in workers:
-        mine = sorted(assigned[w])
-        for t in range(nthreads[w]):
-            if mine[t :: nthreads[w]]:
-                groups.append((w, mine[t :: nthreads[w]]))
+        for run in np.array_split(np.array(sorted(assigned[w]), dtype=int), nthreads[w]):
+            if run.size:
+                groups.append((w, run.tolist()))  # contiguous runs: whole nodes of the reduction tree
     return groups
 
 
@@ -111,7 +115,8 @@ class StepTiming:
     def __init__(self) -> None:
         self.step_seconds: list[float] = []
         self.compute_seconds: list[float] = []  # summed over the step's tasks
-        self.n_groups: list[int] = []
+        self.n_groups: list[int] = []  # tasks (each received the weights)
+        self.n_nodes: list[int] = []  # gradients sent back (reduction-tree nodes)
 
 
 class DaskGradientSource:
@@ -121,7 +126,7 @@ class DaskGradientSource:
     ``(X (n_i, F), y (n_i,), w (n_i,) or None)``; it runs on the workers, so it must be
     picklable (a module-level function or a small object holding paths, not arrays).
     ``net`` gives the architecture and dtype. ``standardize=True`` computes mean and standard
-    deviation of the raw features over all shards (exact, reduced in shard order) and keeps
+    deviation of the raw features over all shards (exact, merged in shard order) and keeps
     standardized shards on the workers; :attr:`standardizer` holds the statistics.
     ``on_step(epoch, step, loss_sum, count)`` is called after every step (progress bars).
 
@@ -213,15 +218,16 @@ class DaskGradientSource:
             )
             for g, (worker, shards) in enumerate(groups)
         ]
-        by_shard: dict[int, StepResult] = {}
+        nodes: dict[tuple[int, int], StepResult] = {}
         compute = 0.0
-        for (_, shards), (results, seconds) in zip(groups, self.client.gather(futures, direct=self._direct)):
-            by_shard.update(zip(shards, results))
+        for held, seconds in self.client.gather(futures, direct=self._direct):
+            nodes.update(held)
             compute += seconds
-        loss, grads, count = add_in_shard_order([by_shard[s] for s in range(self.plan.n_shards)])
+        loss, grads, count = reduce_tree(nodes, 0, self.plan.n_shards)
         self.timing.step_seconds.append(time.perf_counter() - start)
         self.timing.compute_seconds.append(compute)
         self.timing.n_groups.append(len(futures))
+        self.timing.n_nodes.append(len(nodes))
         if self.on_step is not None:
             self.on_step(epoch, step, loss, count)
         return loss, grads, float(count)

@@ -13,14 +13,15 @@ one process or on any number of Dask workers, and every example is seen once per
 
 A shard computes the *sum* of its examples' losses and gradients (in micro-batches of at most
 ``micro_batch`` rows, accumulated in order, so memory stays bounded and one exchange carries
-several micro-batches of work) and its example count. Adding the shard sums in shard order and
-dividing by the total count gives exactly the gradient of the global batch, with the same
-floating-point additions whichever process computed each shard: training is deterministic and
-independent of the worker count (DESIGN decision 5).
+several micro-batches of work) and its example count. The shard sums are added along a fixed
+pairwise tree over the shard indices (:func:`reduce_tree`), and divided by the total count: that
+is exactly the gradient of the global batch, and since each node of the tree is the same
+addition wherever it happens (a worker adds the shards it holds, the driver the rest), the
+floating-point result, hence training, does not depend on the worker count (DESIGN decision 5).
 
-Normalization statistics are reduced the same way: each shard returns its count, mean and sum
-of squared deviations (float64), and :func:`combine_moments` merges them in shard order with
-Chan's pairwise formula.
+Normalization statistics are exact too: each shard returns its count, mean and sum of squared
+deviations (float64), and :func:`combine_moments` merges them on the driver in shard order
+with Chan's formula.
 
 This module is pure NumPy; :mod:`ann.parallel` runs the same functions on Dask workers, and
 :class:`ShardedSource` runs them in this process (one worker, no Dask).
@@ -30,7 +31,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,7 +48,9 @@ __all__ = [
     "combine_moments",
     "prepare_shard",
     "shard_gradient",
-    "add_in_shard_order",
+    "reduce_tree",
+    "covering_nodes",
+    "reduce_held",
     "network_for",
     "ShardedSource",
     "NpyShardLoader",
@@ -241,7 +244,7 @@ def _gather(a: np.ndarray, rows: np.ndarray, slot: str) -> np.ndarray:
     if buf is None or buf.dtype != a.dtype or buf.shape[1:] != a.shape[1:] or buf.shape[0] < len(rows):
         buf = _BUFFERS[slot] = np.empty(shape, a.dtype)
     out = buf[: len(rows)]
-    np.take(a, rows, axis=0, out=out)
+    np.take(a, rows, axis=0, out=out, mode="clip")  # "raise" would copy through a temporary
     return out
 
 
@@ -272,22 +275,49 @@ def shard_gradient(net, shard: Shard, plan: ShardPlan, epoch: int, step: int) ->
     return loss_sum, total, len(rows)
 
 
-def add_in_shard_order(results: Sequence[StepResult]) -> StepResult:
-    """Add per-shard sums in the order given (shard order): the one reduction order every path uses."""
-    loss, grads, count = results[0][0], [g.copy() for g in results[0][1]], results[0][2]
-    for loss_s, grads_s, count_s in results[1:]:
-        loss += loss_s
-        for acc, g in zip(grads, grads_s):
-            acc += g
-        count += count_s
-    return loss, grads, count
+def _add(a: StepResult, b: StepResult) -> StepResult:
+    return a[0] + b[0], [np.add(x, y) for x, y in zip(a[1], b[1])], a[2] + b[2]
+
+
+def reduce_tree(results: Mapping[tuple[int, int], StepResult], lo: int, hi: int) -> StepResult:
+    """Sum of shards ``lo..hi-1`` by the fixed pairwise tree: node (lo, hi) = (lo, mid) + (mid, hi).
+
+    ``mid = (lo + hi) // 2``; leaves are ``(s, s + 1)``. ``results`` may hold any nodes already
+    summed elsewhere (a worker adds the shards it holds before sending): since every node is
+    defined as the same addition of the same two children, the total is the same bits whichever
+    process added which node, and the worker count cannot change it.
+    """
+    node = results.get((lo, hi))
+    if node is not None:
+        return node
+    if hi - lo <= 1:
+        raise KeyError(f"no result for shard {lo}")
+    mid = (lo + hi) // 2
+    return _add(reduce_tree(results, lo, mid), reduce_tree(results, mid, hi))
+
+
+def covering_nodes(shards: Iterable[int], lo: int, hi: int) -> list[tuple[int, int]]:
+    """The largest nodes of the reduction tree over ``lo..hi-1`` whose shards are all in ``shards``."""
+    shards = set(shards)
+    if all(s in shards for s in range(lo, hi)):
+        return [(lo, hi)]
+    if hi - lo <= 1:
+        return []
+    mid = (lo + hi) // 2
+    return covering_nodes(shards, lo, mid) + covering_nodes(shards, mid, hi)
+
+
+def reduce_held(leaves: Mapping[int, StepResult], n_shards: int) -> dict[tuple[int, int], StepResult]:
+    """Per-shard results summed up to the largest complete nodes: {(lo, hi): result}."""
+    as_nodes = {(s, s + 1): r for s, r in leaves.items()}
+    return {node: reduce_tree(as_nodes, *node) for node in covering_nodes(leaves, 0, n_shards)}
 
 
 class ShardedSource:
     """A gradient source over the shards of ``plan``, all held in this process.
 
     The one-worker path of data-parallel training: the same shards, the same per-shard sums,
-    the same reduction order as :class:`ann.parallel.DaskGradientSource`, hence the same
+    the same reduction tree as :class:`ann.parallel.DaskGradientSource`, hence the same
     weights, with no Dask at all. ``standardize=True`` computes the normalization statistics
     from the shards (exact, reduced in shard order) and trains on standardized features;
     :attr:`standardizer` then holds them for the model file.
@@ -320,8 +350,8 @@ class ShardedSource:
 
     def batch_gradient(self, params: list[np.ndarray], epoch: int, step: int) -> tuple[float, list[np.ndarray], float]:
         net = network_for(self._architecture, params)
-        results = [shard_gradient(net, shard, self.plan, epoch, step) for shard in self.shards]
-        loss, grads, count = add_in_shard_order(results)
+        leaves = {s: shard_gradient(net, shard, self.plan, epoch, step) for s, shard in enumerate(self.shards)}
+        loss, grads, count = reduce_tree(reduce_held(leaves, self.plan.n_shards), 0, self.plan.n_shards)
         if self.on_step is not None:
             self.on_step(epoch, step, loss, count)
         return loss, grads, float(count)

@@ -11,8 +11,8 @@ median of several rounds, and each round measures its own ceiling next to its tr
   ceiling measured in the same round by two single-threaded processes running only the same
   network's matrix products side by side. Target >= 0.8.
 - a cost model of the per-step overhead, fitted over network widths: overhead = a + b * MB
-  moved per step (weights out to each task, one gradient per shard back), and the examples
-  per shard per step it implies for N workers at a 10 % overhead share.
+  moved per step (weights out to each task, one summed gradient per task back), and the
+  examples per shard per step it implies for N workers at a 10 % overhead share.
 
 Run: ``.venv/bin/python benchmarks/parallel.py [--rounds 3]``. Last line: JSON
 ``{"comm_share": x, "throughput_vs_ceiling": r}``.
@@ -43,35 +43,39 @@ WIDTHS = ((16,), (64, 32), (256, 64), (1024, 64))  # networks of 0.07 to 4.5 MB 
 
 
 def _matmul_process(batch: int, hidden: tuple[int, ...], seconds: float, barrier, queue) -> None:
-    """Run only the forward and backward matrix products of the network; report examples/s."""
+    """Run only the forward and backward matrix products of the network; report examples/s.
+
+    Streams through 64 MB of examples batch by batch (fresh data each batch, as in training;
+    a single batch reused would sit in cache and flatter the ceiling).
+    """
     import numpy as np  # noqa: F811 (spawned process: BLAS threads already capped by the env)
 
     rng = np.random.default_rng(0)
     sizes = (N_FEATURES, *hidden, 1)
-    W = [rng.standard_normal((a, b)).astype(np.float32) for a, b in zip(sizes[:-1], sizes[1:])]
-    X = rng.standard_normal((batch, N_FEATURES)).astype(np.float32)
-    A = [np.empty((batch, b), np.float32) for b in sizes[1:]]
-    D = [np.empty((batch, b), np.float32) for b in sizes[1:]]
+    W = [rng.standard_normal((a, b), dtype=np.float32) * 0.01 for a, b in zip(sizes[:-1], sizes[1:])]
+    X = rng.standard_normal((16384, N_FEATURES), dtype=np.float32)
+    A = [rng.standard_normal((batch, b), dtype=np.float32) for b in sizes[1:]]  # no denormals
+    D = [rng.standard_normal((batch, b), dtype=np.float32) for b in sizes[1:]]
     G = [np.empty_like(w) for w in W]
 
-    def once():
-        x = X
-        for w, a in zip(W, A):
-            np.matmul(x, w, out=a)
-            x = a
-        D[-1][...] = A[-1]
+    def once(x):
+        a = x
+        for w, out in zip(W, A):
+            np.matmul(a, w, out=out)
+            a = out
         for i in range(len(W) - 1, -1, -1):
-            np.matmul((X if i == 0 else A[i - 1]).T, D[i], out=G[i])
+            np.matmul((x if i == 0 else A[i - 1]).T, D[i], out=G[i])
             if i > 0:
                 np.matmul(D[i], W[i].T, out=D[i - 1])
 
-    once()
+    once(X[:batch])
     barrier.wait()
     start = time.perf_counter()
     n = 0
     while time.perf_counter() - start < seconds:
-        once()
-        n += batch
+        for s in range(0, X.shape[0] - batch + 1, batch):
+            once(X[s : s + batch])
+            n += batch
     queue.put(n / (time.perf_counter() - start))
 
 
@@ -133,13 +137,14 @@ def train_steps(client, paths, n_examples: int, shard_batch: int, micro_batch: i
             examples += n
         n_workers = len(client.nthreads())
         compute = sum(source.timing.compute_seconds) / n_workers
+        arrays_moved = statistics.mean(source.timing.n_groups) + statistics.mean(source.timing.n_nodes)
         wall = sum(loop)
     weights_mb = sum(p.nbytes for p in net.params) / 1e6
     return {
         "shard_batch": shard_batch,
         "hidden": hidden,
         "weights_mb": weights_mb,
-        "mb_moved": (len(client.nthreads()) + plan.n_shards) * weights_mb,
+        "mb_moved": arrays_moved * weights_mb,
         "step_ms": 1e3 * wall / n_steps,
         "compute_ms": 1e3 * compute / n_steps,
         "overhead_ms": 1e3 * (wall - compute) / n_steps,
@@ -162,10 +167,11 @@ def implied_shard_batch(a: float, b: float, weights_mb: float, seconds_per_examp
     """(shards, examples per shard per step) keeping the overhead at ``share`` of a step on N workers.
 
     The step's compute per worker must be (1 - share) / share times the overhead; shards =
-    max(8, N) so every worker holds at least one.
+    max(8, N) so every worker holds at least one; each worker receives the weights and returns
+    one gradient: 2 N copies of the weights move per step.
     """
     shards = max(8, n_workers)
-    overhead = a + b * (n_workers + shards) * weights_mb
+    overhead = a + b * 2 * n_workers * weights_mb
     per_worker = (1 - share) / share * overhead / seconds_per_example
     return shards, int(np.ceil(per_worker * n_workers / shards))
 
@@ -221,7 +227,7 @@ def main() -> None:
     weights_mb = rows["default"][0]["weights_mb"]
     spe = med(rows["default"], "seconds_per_example")
     print(f"\ncost model: overhead per step = {a * 1e3:.1f} ms + {b * 1e3:.2f} ms per MB moved "
-          f"(MB moved = (workers + shards) x {weights_mb:.3f} MB of weights); compute {spe * 1e6:.2f} us per example")
+          f"(MB moved = 2 x workers x {weights_mb:.3f} MB of weights); compute {spe * 1e6:.2f} us per example")
     print(f"{'workers':>8}{'shards':>8}{'examples/shard/step':>21}{'global batch':>14}")
     for n in (1, 2, 4, 8, 16, 32):
         shards, sb = implied_shard_batch(a, b, weights_mb, spe, n)

@@ -7,7 +7,7 @@ import pytest
 
 from ann.errors import ConfigError
 from ann.parallel import balance_shards
-from ann.shards import ShardPlan, combine_moments, shard_moments
+from ann.shards import ShardPlan, combine_moments, covering_nodes, reduce_held, reduce_tree, shard_moments
 
 
 @pytest.mark.parametrize(
@@ -80,8 +80,8 @@ def test_combined_moments_equal_numpy_on_the_whole_array():
         ({0: ["b"], 1: ["a"], 2: ["b"], 3: ["a"]}, {"a": 1, "b": 1}, 4, [("a", [1, 3]), ("b", [0, 2])]),
         # worker b died and came back as c: a keeps half, c gets the other half
         ({s: ["a"] for s in range(4)}, {"a": 1, "c": 1}, 4, [("a", [0, 1]), ("c", [2, 3])]),
-        # a two-thread worker gets twice the share, split into one group per thread
-        ({}, {"a": 2, "b": 1}, 6, [("a", [0, 2]), ("a", [1, 3]), ("b", [4, 5])]),
+        # a two-thread worker gets twice the share, split into contiguous runs, one per thread
+        ({}, {"a": 2, "b": 1}, 6, [("a", [0, 1]), ("a", [2, 3]), ("b", [4, 5])]),
         # more workers than shards: the extra worker gets no group
         ({}, {"a": 1, "b": 1, "c": 1}, 2, [("a", [0]), ("b", [1])]),
         # uneven split: the first worker in sorted order takes the extra shard
@@ -90,3 +90,41 @@ def test_combined_moments_equal_numpy_on_the_whole_array():
 )
 def test_balance_shards(holders, nthreads, n_shards, expected):
     assert balance_shards(holders, nthreads, n_shards) == expected
+
+
+@pytest.mark.parametrize(
+    "held, n_shards, expected",
+    [
+        ([0, 1, 2, 3], 8, [(0, 4)]),  # an aligned half of the tree: one node
+        ([4, 5, 6, 7], 8, [(4, 8)]),
+        ([2, 3, 4], 8, [(2, 4), (4, 5)]),  # not aligned: the largest complete nodes
+        ([0, 2, 4, 6], 8, [(0, 1), (2, 3), (4, 5), (6, 7)]),  # scattered: single shards
+        ([0, 1, 2], 3, [(0, 3)]),  # everything: the root, for any shard count
+        ([1, 2], 3, [(1, 3)]),  # 3 shards split at mid = 1: root = (0,1) + (1,3)
+    ],
+)
+def test_covering_nodes(held, n_shards, expected):
+    assert covering_nodes(held, 0, n_shards) == expected
+
+
+def test_tree_reduction_is_the_same_bits_for_any_placement_and_equals_the_sum():
+    rng = np.random.default_rng(0)
+    n_shards = 8
+    leaves = {
+        s: (float(rng.random()), [rng.normal(size=(7, 3)).astype(np.float32) * 10.0 ** rng.integers(-3, 4),
+                                  rng.normal(size=3).astype(np.float32)], int(rng.integers(1, 9)))
+        for s in range(n_shards)
+    }
+    one_process = reduce_tree(reduce_held(leaves, n_shards), 0, n_shards)
+    reference = np.sum([leaves[s][1][0].astype(np.float64) for s in range(n_shards)], axis=0)
+    np.testing.assert_allclose(one_process[1][0], reference, rtol=1e-5, atol=1e-3)
+    assert one_process[2] == sum(r[2] for r in leaves.values())
+    for _ in range(30):  # random placements of the shards on 1 to 8 workers
+        owner = rng.integers(0, rng.integers(1, 9), size=n_shards)
+        nodes = {}
+        for w in np.unique(owner):
+            nodes.update(reduce_held({s: leaves[s] for s in np.flatnonzero(owner == w)}, n_shards))
+        loss, grads, count = reduce_tree(nodes, 0, n_shards)
+        assert (loss, count) == (one_process[0], one_process[2])
+        for g, h in zip(grads, one_process[1]):
+            np.testing.assert_array_equal(g, h)
