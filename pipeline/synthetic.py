@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import math
 import os
@@ -190,6 +191,7 @@ class Polylines:
     start: np.ndarray
     bbox: np.ndarray
     max_h: float
+    chunk_h: np.ndarray = None  # (n_chunks,) largest half-width of each chunk
 
     @staticmethod
     def build(lines: Sequence[tuple[np.ndarray, np.ndarray]], chunk: int = 8) -> "Polylines":
@@ -211,8 +213,13 @@ class Polylines:
                 bbox.append((seg[:, 0].min(), seg[:, 1].min(), seg[:, 0].max(), seg[:, 1].max()))
         arrays = {k: (np.concatenate(v) if v else np.zeros(0)) for k, v in parts.items()}
         max_h = float(max(arrays["ha"].max(initial=0), arrays["hb"].max(initial=0)))
+        starts = np.asarray(start, np.int64)
+        chunk_h = (
+            np.maximum.reduceat(np.maximum(arrays["ha"], arrays["hb"]), starts[:-1]) if n else np.zeros(0)
+        )
         return Polylines(
-            start=np.asarray(start, np.int64),
+            chunk_h=chunk_h,
+            start=starts,
             bbox=np.asarray(bbox, float).reshape(-1, 4),
             max_h=max_h,
             **arrays,
@@ -374,6 +381,21 @@ class Scene:
     field_size: tuple[float, float]  # parcel length and width (m)
     seeds: dict = field(default_factory=dict)
 
+    @functools.cached_property
+    def boxes(self) -> dict[str, np.ndarray]:
+        """(n, 4) bounding boxes of lakes, dams, negatives and buildings, to find a block's few."""
+        return {
+            name: np.asarray([o.bbox for o in getattr(self, name)], float).reshape(-1, 4)
+            for name in ("lakes", "dams", "negatives", "buildings")
+        }
+
+    def objects_in(self, name: str, xs: np.ndarray, ys: np.ndarray) -> list:
+        """The objects of kind ``name`` whose bounding box meets the grid xs x ys (metres)."""
+        b = self.boxes[name]
+        hit = (b[:, 0] <= xs[-1]) & (b[:, 2] >= xs[0]) & (b[:, 1] <= ys[-1]) & (b[:, 3] >= ys[0])
+        objects = getattr(self, name)
+        return [objects[i] for i in np.nonzero(hit)[0].tolist()]
+
     @property
     def extent(self) -> float:
         return self.size * self.pixel_size
@@ -414,17 +436,21 @@ class _PointIndex:
         keys = np.floor(self.points / cell).astype(np.int64)
         for i, (kx, ky) in enumerate(keys.tolist()):
             self.buckets.setdefault((kx, ky), []).append(i)
+        self.extra: list[tuple[float, float]] = []  # points added one by one
 
     def add(self, x: float, y: float) -> None:
-        self.points = np.vstack([self.points, [[x, y]]])
+        self.extra.append((x, y))
         key = (math.floor(x / self.cell), math.floor(y / self.cell))
-        self.buckets.setdefault(key, []).append(len(self.points) - 1)
+        self.buckets.setdefault(key, []).append(len(self.points) + len(self.extra) - 1)
 
     def near(self, x: float, y: float, r: float) -> np.ndarray:
         kx, ky = math.floor(x / self.cell), math.floor(y / self.cell)
         idx = [i for dx in (-1, 0, 1) for dy in (-1, 0, 1) for i in self.buckets.get((kx + dx, ky + dy), ())]
         if not idx:
             return np.zeros(0, np.int64)
+        if self.extra:
+            self.points = np.vstack([self.points, np.asarray(self.extra).reshape(-1, 2)])
+            self.extra = []
         idx = np.asarray(idx)
         d2 = ((self.points[idx] - (x, y)) ** 2).sum(axis=1)
         return idx[d2 < r * r]
@@ -469,6 +495,13 @@ def _tangents(pts: np.ndarray, reach: int = 3) -> np.ndarray:
     i1 = np.clip(np.arange(n) + reach, 0, n - 1)
     t = pts[i1] - pts[i0]
     return t / np.maximum(np.hypot(t[:, 0], t[:, 1]), 1e-9)[:, None]
+
+
+def _tangent(pts: np.ndarray, i: int, reach: int = 3) -> np.ndarray:
+    """The unit tangent of one vertex, exactly as :func:`_tangents` computes it."""
+    n = len(pts)
+    t = pts[min(i + reach, n - 1)] - pts[max(i - reach, 0)]
+    return t / max(float(np.hypot(t[0], t[1])), 1e-9)
 
 
 def _lake_inside(lake: Lake, x, y, seed: int) -> np.ndarray:
@@ -654,6 +687,7 @@ def build_scene(
     all_pts = np.vstack([s["points"] for s in streams])
     owner = np.concatenate([np.full(len(s["points"]), k) for k, s in enumerate(streams)])
     stream_index = _PointIndex(all_pts, cell=120.0)
+    first = np.concatenate([[0], np.cumsum([len(s["points"]) for s in streams])])
 
     # Lakes, each on a tributary; the tributary flows through and leaves at the outlet.
     lakes: list[Lake] = []
@@ -673,7 +707,7 @@ def build_scene(
         near = stream_index.near(cx, cy, min(R * 2.2 + 40, 119))
         if any(owner[j] != k for j in near) or any(math.hypot(cx - l.circles[0, 0], cy - l.circles[0, 1]) < 3 * R + 200 for l in lakes):
             continue
-        tang = _tangents(pts, 8)[i]
+        tang = _tangent(pts, i, 8)
         circles = [(cx, cy, R)]
         for _c in range(int(rng.integers(2, 5))):
             a = rng.uniform(0, 2 * math.pi)
@@ -720,11 +754,9 @@ def build_scene(
                 continue
             last = (x, y)
             j = int(hit[0])
-            tang = _tangents(streams[owner[j]]["points"], 3)[j - int(np.nonzero(owner == owner[j])[0][0])]
+            tang = _tangent(streams[owner[j]]["points"], j - int(first[owner[j]]), 3)
             negatives.append(dict(kind="road_crossing", x=x, y=y, ux=tang[0], uy=tang[1], length=road_half, width=0.0))
             neg_pts.add(x, y)
-
-    first = np.concatenate([[0], np.cumsum([len(s["points"]) for s in streams])])
 
     def stream_vertex(kinds=("main", "tributary", "side"), inner=0.0):
         """A random vertex (uniform along channels) inside the area, ``inner`` m from its edge."""
@@ -749,7 +781,16 @@ def build_scene(
             return False
         if len(dam_pts.near(x, y, dam_spacing if dam else neg_spacing)) or len(neg_pts.near(x, y, neg_spacing)):
             return False
-        return not any(_lake_inside(l, [x], [y], seeds["shore"])[0] < 1.6 for l in lakes)
+        return not near_lake(x, y, 1.6)
+
+    def near_lake(x, y, level):
+        """Is (x, y) inside ``level`` times some lake's shore function? (bbox test first)"""
+        for lake in lakes:
+            b = lake.bbox
+            if b[0] - 200 < x < b[2] + 200 and b[1] - 200 < y < b[3] + 200:
+                if _lake_inside(lake, [x], [y], seeds["shore"])[0] < level:
+                    return True
+        return False
 
     n_tracks = max(1, round(km2 * 0.35))
     for _ in range(n_tracks * 10):
@@ -762,7 +803,7 @@ def build_scene(
         x, y = streams[k]["points"][i]
         if not clear_of_others(k, x, y, 40):
             continue
-        t = _tangents(streams[k]["points"], 3)[i]
+        t = _tangent(streams[k]["points"], i, 3)
         ang = math.atan2(t[1], t[0]) + math.pi / 2 + rng.uniform(-0.4, 0.4)
         half_len = rng.uniform(120, 300)
         d = np.array([math.cos(ang), math.sin(ang)])
@@ -778,7 +819,7 @@ def build_scene(
     def add_dam(k, i, context, pond_length, pond_half):
         s = streams[k]
         x, y = s["points"][i]
-        t = _tangents(s["points"], 4)[i]
+        t = _tangent(s["points"], i, 4)
         ch = float(s["half"][i])
         # The pond floods the channel upstream: widest at the barrier, narrowing to the channel.
         n_up = min(i, int(pond_length * 1.15 / STEP_M) + 2)
@@ -824,7 +865,7 @@ def build_scene(
         if i < pond_length / STEP_M + 8 or i > len(s["points"]) - 10:
             continue
         x, y = s["points"][i]
-        t = _tangents(s["points"], 4)[i]
+        t = _tangent(s["points"], i, 4)
         cx, cy = x - t[0] * pond_length * 0.5, y - t[1] * pond_length * 0.5
         if not clear_of_others(k, x, y, pond_half + 12, dam=True, allow=allow):
             continue
@@ -860,7 +901,7 @@ def build_scene(
         k, i = pick
         s = streams[k]
         x, y = s["points"][i]
-        t = _tangents(s["points"], 4)[i]
+        t = _tangent(s["points"], i, 4)
         ch = float(s["half"][i])
         if not 12 < i < len(s["points"]) - 12 or not clear_of_others(k, x, y, 30):
             continue
@@ -905,7 +946,7 @@ def build_scene(
     for _ in range(max(1, round(km2 * 0.4))):
         road = roads[int(rng.integers(0, len(roads)))]
         i = int(rng.integers(5, len(road) - 5))
-        t = _tangents(road, 3)[i]
+        t = _tangent(road, i, 3)
         side = rng.choice([-1, 1])
         for _b in range(int(rng.integers(2, 6))):
             along = rng.uniform(-40, 40)
@@ -917,7 +958,7 @@ def build_scene(
                 continue
             if any(math.hypot(bx - b.x, by - b.y) < hl + b.half_length + 4 for b in buildings):
                 continue
-            if any(_lake_inside(l, [bx], [by], seeds["shore"])[0] < 1.5 for l in lakes):
+            if near_lake(bx, by, 1.5):
                 continue
             rot = rng.choice([0, 1])
             ux, uy = (t[0], t[1]) if rot == 0 else (-t[1], t[0])
@@ -1021,8 +1062,7 @@ def _polyline_field(poly: Polylines, xs: np.ndarray, ys: np.ndarray, reach: floa
     d = np.full((H, W), reach, _F32)
     if len(poly.start) < 2:
         return q, d
-    hmax = np.maximum.reduceat(np.maximum(poly.ha, poly.hb), poly.start[:-1])
-    buf = np.maximum(reach, qcap * hmax)
+    buf = np.maximum(reach, qcap * poly.chunk_h)
     bb = poly.bbox
     hit = np.nonzero(
         (bb[:, 0] - buf <= xs[-1]) & (bb[:, 2] + buf >= xs[0]) & (bb[:, 1] - buf <= ys[-1]) & (bb[:, 3] + buf >= ys[0])
@@ -1261,7 +1301,7 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
 
     shore_noise = None
     # --- lakes: noisy union of discs, shallow margin, rushes on the shore.
-    for lake in scene.lakes:
+    for lake in scene.objects_in("lakes", xs, ys):
         win = _window(xs, ys, lake.bbox)
         if win is None:
             continue
@@ -1298,13 +1338,13 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     _blend(C, stream_alpha, stream_col)
 
     # --- dams: pond (or drained pond) upstream, curved barrier across the channel.
-    for dam in scene.dams:
+    for dam in scene.objects_in("dams", xs, ys):
         win = _window(xs, ys, dam.bbox)
         if win is None:
             continue
         _draw_dam(C, win, xs, ys, dam, date_index, pal, p, stream_alpha, cond)
 
-    for neg in scene.negatives:
+    for neg in scene.objects_in("negatives", xs, ys):
         win = _window(xs, ys, neg.bbox)
         if win is None:
             continue
@@ -1319,7 +1359,7 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     _blend(C, _soft((_F32(1.0) - qt) * _F32(2.0), p), pal["gravel"] * _F32(0.95))
     _blend(C, _soft((_F32(0.22) - qt) * _F32(2.0), p) * _F32(0.6), pal["meadow"])
 
-    for bld in scene.buildings:
+    for bld in scene.objects_in("buildings", xs, ys):
         win = _window(xs, ys, bld.bbox)
         if win is None:
             continue
