@@ -258,3 +258,37 @@ def test_change_refuses_surveys_it_cannot_compare(naip, dask_client, tmp_path, c
     assert _cli(naip, dask_client, "change", a, naip["ids"][1], "--model", mid, "--out", str(out)) == 2
     assert "already holds results" in _err(capsys)
     assert (out / "change.tif").read_text() == "earlier results"
+
+
+def _reprojected_copy(src, dst, crs):
+    from rasterio.warp import Resampling, calculate_default_transform, reproject
+
+    with rasterio.open(src) as ds:
+        transform, width, height = calculate_default_transform(ds.crs, crs, ds.width, ds.height, *ds.bounds)
+        profile = {**ds.profile, "crs": crs, "transform": transform, "width": width, "height": height}
+        with rasterio.open(dst, "w", **profile) as out:
+            for band in range(1, ds.count + 1):
+                reproject(rasterio.band(ds, band), rasterio.band(out, band), resampling=Resampling.nearest)
+
+
+def test_change_across_crs_only_with_reproject(naip, dask_client, tmp_path, capsys):
+    # The 2012 date warped from NAD83 / UTM 14N to WGS 84 / UTM 14N (the same place, ~1 m apart).
+    store, (a, _), mid = naip["store"], naip["ids"], naip["model_id"]
+    path = tmp_path / "wgs84.tif"
+    _reprojected_copy(naip["files"][5], path, "EPSG:32614")
+    other = ingest(path, "pothole", _date(naip["files"][5]), store, bands=RGBN, client=dask_client).survey.id
+    out = tmp_path / "change"
+    assert _cli(naip, dask_client, "change", a, other, "--model", mid, "--out", str(out)) == 2
+    assert "--reproject" in _err(capsys) and not out.exists()
+    assert _cli(naip, dask_client, "change", a, other, "--model", mid, "--out", str(out), "--reproject") == 0
+    with rasterio.open(out / "change.tif") as ds:
+        assert ds.crs == store.survey(a).crs  # the grid is on BEFORE's CRS
+    result = change.change_surveys(store, a, other, mid, reproject=True, client=dask_client)
+    # Each date still read at the cell centres, the after survey's in its own CRS.
+    from rasterio.warp import transform as warp_transform
+
+    xs, ys = result.grid.centres()
+    tx, ty = warp_transform(result.grid.crs, result.after.grid.crs, xs.ravel(), ys.ravel())
+    cols, rows = ~result.after.grid.transform * (np.reshape(tx, xs.shape), np.reshape(ty, xs.shape))
+    expected = maps.sample_tiles(result.after.probabilities, maps.tile_edges(result.after.grid), rows, cols)
+    np.testing.assert_allclose(result.p_after, expected, equal_nan=True)
