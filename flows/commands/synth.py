@@ -13,7 +13,7 @@ does not grow with --size. Between dates dams are built and breached, crops rota
 sun and exposure change, and later dates are misregistered by a few metres.
 
 Defaults: --area creek --dates 2023-06-01 2024-06-01 --size 4096 (4 km at 1 m, ~40 dams,
-about 15 s on 2 cores) --seed 7 --pixel-size 1 --block 1024, workers = one per core.
+about 15 s) --seed 7 --pixel-size 1 --block 1024, workers = one per core.
 
   damwatch synth --out synth-data
   damwatch synth --area creek --dates 2023-06-01 2024-06-01 --size 8192 --seed 7 --out DIR
