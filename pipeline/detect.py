@@ -122,13 +122,17 @@ def model_spec(classifier: Any):
 
 
 def model_tile_size(classifier: Any) -> int:
-    """Tile edge (pixels) the model was trained on: from its metadata, else the default 128."""
+    """Tile edge (pixels) the model was trained on, from its metadata, else the default 128.
+
+    ``pipeline.training`` records it as ``metadata["training"]["tile_size"]``; a top-level
+    ``tile_size`` (hand-made models) is read too.
+    """
     meta = dict(getattr(classifier, "metadata", {}) or {})
-    for key in ("tile_size", "size"):
-        if key in meta:
-            return int(meta[key])
-    grid = meta.get("grid") or meta.get("tile_grid") or {}
-    return int(grid.get("size", DEFAULT_TILE_SIZE)) if isinstance(grid, dict) else DEFAULT_TILE_SIZE
+    training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
+    for source in (training, meta):
+        if source.get("tile_size") is not None:
+            return int(source["tile_size"])
+    return DEFAULT_TILE_SIZE
 
 
 def check_model_bands(classifier: Any, survey: Any) -> None:

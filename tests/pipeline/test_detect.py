@@ -292,3 +292,20 @@ def test_change_across_crs_only_with_reproject(naip, dask_client, tmp_path, caps
     cols, rows = ~result.after.grid.transform * (np.reshape(tx, xs.shape), np.reshape(ty, xs.shape))
     expected = maps.sample_tiles(result.after.probabilities, maps.tile_edges(result.after.grid), rows, cols)
     np.testing.assert_allclose(result.p_after, expected, equal_nan=True)
+
+
+@pytest.mark.parametrize(
+    "metadata, expected",
+    [
+        ({"training": {"tile_size": 256, "stride": 128}}, 256),  # as pipeline.training saves it
+        ({"tile_size": 64}, 64),  # a hand-made model
+        ({}, 128),  # nothing recorded: the default tile
+    ],
+)
+def test_model_tile_size_from_metadata(metadata, expected):
+    class Model:
+        pass
+
+    model = Model()
+    model.metadata = metadata
+    assert detect.model_tile_size(model) == expected
