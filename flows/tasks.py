@@ -44,6 +44,7 @@ __all__ = [
     "stage_client",
     "is_transient",
     "retry_transient",
+    "hide_user_error_tracebacks",
     "run_stage",
     "ingest_task",
 ]
@@ -75,6 +76,32 @@ def retry_transient(task, task_run, state) -> bool:
     except BaseException as exc:  # noqa: BLE001 - we classify, not handle
         return is_transient(exc)
     return False
+
+
+class _UserErrorTracebacks(logging.Filter):
+    """Drop the traceback from console log records of user errors (the message stays)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (DamwatchError, AnnError)):
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+def hide_user_error_tracebacks() -> None:
+    """Keep Prefect's console from printing tracebacks for bad input (the CLI's contract).
+
+    Prefect logs every exception that fails a task or flow with its traceback; for a
+    :class:`DamwatchError` / :class:`AnnError` the one-paragraph message says everything, and
+    the command line prints it once more itself. Applies to the console handlers only.
+    """
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, PrefectConsoleHandler) and not any(
+            isinstance(f, _UserErrorTracebacks) for f in handler.filters
+        ):
+            handler.addFilter(_UserErrorTracebacks())
 
 
 #: The retry policy every stage task carries in its decorator.

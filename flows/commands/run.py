@@ -48,6 +48,9 @@ def run(args: argparse.Namespace) -> int:
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.survey_pipeline import survey_pipeline
+    from flows.tasks import hide_user_error_tracebacks
+
+    hide_user_error_tracebacks()
 
     summary = survey_pipeline(
         path=args.path,
