@@ -1230,6 +1230,10 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     dist_stream = _interp_lattice(dl, lx0, ly0, xs, ys, L)  # (H, W) m, capped at 80
     rip_noise = _noise(xs, ys, 60.0, sd["rip"])
     forest = zone + _F32(0.05) * (c2 - _F32(0.5)) > _F32(0.52)
+    # Forest edges cast shadows on open ground: is there forest ~18 m tall towards the sun?
+    hx, hy = cond.sun[0] * 18.0, cond.sun[1] * 18.0
+    zs = _noise(xs - hx, ys - hy, 700.0, sd["zone"]) * _F32(0.65) + _noise(xs - hx, ys - hy, 230.0, sd["zone"] + 1) * _F32(0.35)
+    edge_shadow = (zs + _F32(0.05) * (_noise(xs - hx, ys - hy, 8.0, sd["canopy"] + 1) - _F32(0.5)) > _F32(0.52)) & ~forest
     old_field = zone > _F32(0.49)  # a meadow margin between forest and cropland
     conifer = zone > _F32(0.62) + _F32(0.1) * coarse
     shrub_w = _F32(10.0) + _F32(30.0) * rip_noise
@@ -1305,6 +1309,7 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     C = np.empty((n_bands, H, W), _F32)
     for b in range(n_bands):
         np.multiply(np.take(cover[:, b], cls), fac, out=C[b])
+        C[b][edge_shadow] *= _F32(0.55)
 
     shore_noise = None
     # --- lakes: noisy union of discs, shallow margin, rushes on the shore.
