@@ -25,7 +25,7 @@ from pipeline.synthetic import (
 )
 
 DATES = ["2023-06-01", "2024-06-01"]
-SIZE, SEED = 1536, 8  # seed 8 at 1536 px: dams on a main stream, side channels and a lake outlet
+SIZE, SEED = 1024, 8  # seed 8 at 1024 px: a dam on a main stream, one on a side channel, one at a lake outlet
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_quicklooks_are_pngs_at_a_fixed_fraction_of_the_raster(area):
 
     for path in area.quicklooks.values():
         with Image.open(path) as img:
-            assert img.format == "PNG" and img.size == (SIZE // 2, SIZE // 2)  # 1536 px -> 768
+            assert img.format == "PNG" and img.size == (SIZE, SIZE)  # up to 1024 px: full size
 
 
 # --- truth agrees with the scene and the pixels ----------------------------------------------
