@@ -526,11 +526,11 @@ def _render_change(path: Path, result: ChangeResult, before: "Survey", after: "S
 
     panels = []
     for survey, values in ((before, result.p_before), (after, result.p_after)):
-        k = max(1, math.ceil(max(survey.height, survey.width) / 1200))
+        thumb, thumb_transform = survey_thumbnail(survey, client=client)
         panels.append({
             "title": f"{survey.id}: probability",
-            "image": survey_thumbnail(survey, client=client),
-            "image_transform": survey.transform * Affine.scale(k),
+            "image": thumb,
+            "image_transform": thumb_transform,
             "overlay": values, "overlay_transform": result.grid.transform, "cmap": "magma",
             "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": result.thresholds.low,
             "colorbar": "probability",

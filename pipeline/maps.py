@@ -515,8 +515,8 @@ def write_cog(
     return path
 
 
-def survey_thumbnail(survey: Any, max_side: int = 1200, client: Any = None) -> np.ndarray:
-    """An RGB (h, w, 3) float array in [0, 1] of a survey, every k-th pixel, for quicklooks.
+def survey_thumbnail(survey: Any, max_side: int = 1200, client: Any = None) -> tuple[np.ndarray, Affine]:
+    """An RGB (h, w, 3) float array in [0, 1] of a survey, every k-th pixel, and its transform.
 
     Uses the bands named red/green/blue when present, else the first band in grey; each band
     is stretched between its 2nd and 98th percentile over valid pixels. The strided read goes
@@ -543,7 +543,7 @@ def survey_thumbnail(survey: Any, max_side: int = 1200, client: Any = None) -> n
     if len(bands) == 1:
         out[..., 1] = out[..., 2] = out[..., 0]
     out[~valid] = 1.0  # nodata shows as white paper
-    return out
+    return out, survey.transform * Affine.scale(k)
 
 
 def _extent(transform: Affine, height: int, width: int) -> tuple[float, float, float, float]:
@@ -914,13 +914,12 @@ def write_detection_maps(
             {"survey_id": survey.id, "model_id": predictions.model_id},
         )
         write_json(tmp / DETECTION_FILES["detections"], detections)
-        thumb = survey_thumbnail(survey, client=client)
-        k = max(1, math.ceil(max(survey.height, survey.width) / 1200))
+        thumb, thumb_transform = survey_thumbnail(survey, client=client)
         render_quicklook(
             tmp / DETECTION_FILES["quicklook"],
             [{
                 "title": f"tile probability (cells of {cell or grid.stride} px), {len(detections['features'])} detections ≥ {threshold:g}",
-                "image": thumb, "image_transform": survey.transform * Affine.scale(k),
+                "image": thumb, "image_transform": thumb_transform,
                 "overlay": values, "overlay_transform": map_transform, "cmap": "magma",
                 "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": min(0.2, threshold),
                 "colorbar": "probability", "outlines": _outline_rings(detections, grid.crs),

@@ -309,3 +309,17 @@ def test_model_tile_size_from_metadata(metadata, expected):
     model = Model()
     model.metadata = metadata
     assert detect.model_tile_size(model) == expected
+
+
+def test_survey_thumbnail_equals_numpy_on_the_whole_image(naip, dask_client):
+    survey = naip["store"].survey(naip["ids"][0])
+    thumb, transform = maps.survey_thumbnail(survey, max_side=200, client=dask_client)
+    k = 5  # ceil(934 / 200)
+    assert transform == survey.transform * Affine.scale(k)
+    image = np.asarray(survey.image()[...])[[0, 1, 2], ::k, ::k].astype(np.float32)  # red, green, blue
+    valid = np.asarray(survey.valid()[...])[::k, ::k]
+    assert thumb.shape == image.shape[1:] + (3,)
+    for i, band in enumerate(image):
+        lo, hi = np.percentile(band[valid], [2, 98])
+        expected = np.where(valid, np.clip((band - lo) / (hi - lo), 0, 1), 1.0)
+        np.testing.assert_allclose(thumb[..., i], expected, atol=1e-6)
