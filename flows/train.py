@@ -47,22 +47,26 @@ def train_flow(
     settings: dict[str, Any] | None = None,
     holdout: dict[str, Any] | None = None,
     hidden: list[int] | None = None,
+    stride: int = 128,
     cluster: str | None = None,
     workers: int | None = None,
 ) -> dict:
-    """Train on ``surveys`` (ids); ``settings``: TrainConfig fields; ``holdout``: HoldOut fields."""
+    """Train on ``surveys`` (ids); ``settings``: TrainConfig fields; ``holdout``: HoldOut fields.
+
+    ``stride``: pixels between training tiles (128-px tiles; 64 doubles the examples).
+    """
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "train", params)
     root = str(st.root)
     with run.failing(), cluster_session(cluster, workers):
         for sid in surveys:
-            run.add(features_task(root, sid, spec=spec, stride=128, run_id=run.run_id))
+            run.add(features_task(root, sid, spec=spec, stride=stride, run_id=run.run_id))
             if truth is not None:
-                run.add(labels_task(root, sid, truth, where=where, run_id=run.run_id))
+                run.add(labels_task(root, sid, truth, where=where, stride=stride, run_id=run.run_id))
         trained = run.add(
             train_task(root, surveys, spec=spec, labels="default" if truth else labels, settings=settings,
-                       holdout=holdout, hidden=hidden, run_id=run.run_id)
+                       holdout=holdout, hidden=hidden, stride=stride, run_id=run.run_id)
         )
     summary = train_summary(trained["outputs"]["report"])
     return run.finish(

@@ -22,9 +22,15 @@ pytestmark = pytest.mark.slow
 SIZE, SEED = 1536, 4
 
 
-def test_demo_end_to_end_at_a_small_size(prefect, tmp_path, dask_client, capsys):
-    out = tmp_path / "demo"
-    summary = demo_flow(out=str(out), size=SIZE, seed=SEED, cluster=dask_client.scheduler.address)
+@pytest.fixture(scope="module")
+def demo(prefect, tmp_path_factory, dask_client):
+    """The demo run once for the module: (its output directory, its summary)."""
+    out = tmp_path_factory.mktemp("demo") / "out"
+    return out, demo_flow(out=str(out), size=SIZE, seed=SEED, cluster=dask_client.scheduler.address)
+
+
+def test_demo_end_to_end_at_a_small_size(demo, dask_client, capsys):
+    out, summary = demo
 
     run_dir = out / "runs" / summary["run_id"]
     on_disk = json.loads((run_dir / "summary.json").read_text())
@@ -50,9 +56,33 @@ def test_demo_end_to_end_at_a_small_size(prefect, tmp_path, dask_client, capsys)
         for name in ("probability.tif", "detections.geojson", "quicklook.png", "metrics.json"):
             assert (run_dir / "detect" / sid / name).is_file()
 
-    printed = capsys.readouterr().out
-    assert "Where to look:" in printed and str(run_dir / "summary.json") in printed
-
     again = demo_flow(out=str(out), size=SIZE, seed=SEED, cluster=dask_client.scheduler.address)
     assert {s["status"] for s in again["stages"]} == {"skipped"}
     assert again["detection"] == summary["detection"] and again["model_id"] == summary["model_id"]
+    printed = capsys.readouterr().out
+    assert "Where to look:" in printed and str(out / "runs" / again["run_id"] / "summary.json") in printed
+
+
+def test_stage_flows_on_the_demo_store_find_the_demo_s_work_done(demo, dask_client):
+    """train/detect/change flows with the demo's settings are the same stages: all skipped."""
+    from flows.change import change_flow
+    from flows.demo import DEFAULT_HIDDEN, DEFAULT_TRAINING
+    from flows.detect import detect_flow
+    from flows.train import train_flow
+
+    out, demo = demo
+    truth = demo["maps"]["truth"]
+    cluster = dask_client.scheduler.address
+    first, last = demo["surveys"]
+
+    trained = train_flow([first], store=str(out), truth=truth, where={"class": "dam"}, settings=DEFAULT_TRAINING,
+                         hidden=DEFAULT_HIDDEN, stride=64, cluster=cluster)
+    assert trained["model_id"] == demo["model_id"] and {s["status"] for s in trained["stages"]} == {"skipped"}
+    assert trained["train"] == demo["train"]
+
+    detected = detect_flow([first, last], model="latest", store=str(out), truth=truth, cluster=cluster)
+    assert {s["status"] for s in detected["stages"]} == {"skipped"}
+    assert detected["detect"][first]["metrics"] == demo["detection_whole_area"]["2023-06-01"]
+
+    changed = change_flow(first, last, model=demo["model_id"], store=str(out), truth=truth, cluster=cluster)
+    assert changed["change"]["metrics"] == demo["change"] and changed["change"]["counts"] == demo["change_counts"]
