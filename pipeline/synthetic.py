@@ -293,13 +293,15 @@ class Dam:
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
+        # The shore noise lets the pond reach 1.25 half-widths, and its rim a few metres more.
         r = self.barrier_half + 6
+        m = 1.35 * self.pond_half + 8
         b = self.pond.bbox
         return (
-            min(self.x - r, b[:, 0].min() - self.pond_half - 6),
-            min(self.y - r, b[:, 1].min() - self.pond_half - 6),
-            max(self.x + r, b[:, 2].max() + self.pond_half + 6),
-            max(self.y + r, b[:, 3].max() + self.pond_half + 6),
+            min(self.x - r, b[:, 0].min() - m),
+            min(self.y - r, b[:, 1].min() - m),
+            max(self.x + r, b[:, 2].max() + m),
+            max(self.y + r, b[:, 3].max() + m),
         )
 
 
@@ -319,7 +321,7 @@ class HardNegative:
 
     @property
     def bbox(self) -> tuple[float, float, float, float]:
-        r = self.length + 8
+        r = 1.6 * self.length + 8  # an off-channel pond is stretched 1.3x along, plus shore noise
         return (self.x - r, self.y - r, self.x + r, self.y + r)
 
 
@@ -723,7 +725,7 @@ def build_scene(
             d = rng.uniform(0.3, 0.6) * R
             circles.append((cx + d * math.cos(a) - tang[0] * d * 0.3, cy + d * math.sin(a) - tang[1] * d * 0.3, rng.uniform(0.4, 0.75) * R))
         circles = np.asarray(circles)
-        r_max = float((np.hypot(circles[:, 0] - cx, circles[:, 1] - cy) + circles[:, 2]).max()) * 1.25
+        r_max = float((np.hypot(circles[:, 0] - cx, circles[:, 1] - cy) + circles[:, 2]).max()) * 1.35 + 4
         lake = Lake(circles=circles, bbox=(cx - r_max, cy - r_max, cx + r_max, cy + r_max))
         inside = _lake_inside(lake, pts[:, 0], pts[:, 1], seeds["shore"]) < 1.0
         out = np.nonzero(~inside[i:])[0]
@@ -1404,7 +1406,8 @@ def _draw_dam(C, win, xs, ys, dam: Dam, k: int, pal, p: float, stream_alpha, con
     arc = _F32(dam.curve) * (v / _F32(dam.barrier_half)) ** 2
     shape_noise = _noise(lxs, lys, 9.0, dam.seed)
     qp, _ = _polyline_field(dam.pond, lxs, lys, reach=1.0)
-    f = qp + _F32(0.5) * (shape_noise - _F32(0.5))
+    # Two octaves of shore noise: bays and points tens of metres apart, and a ragged margin.
+    f = qp + _F32(0.5) * (shape_noise - _F32(0.5)) + _F32(0.25) * (_noise(lxs, lys, 3.5, dam.seed + 3) - _F32(0.5))
     half_t = _F32(dam.thickness / 2)
     inner = np.minimum((_F32(1.0) - f) * _F32(0.5 * dam.pond_half), arc - half_t - u + _F32(0.5))
     pond = _soft(inner, p)
