@@ -92,15 +92,14 @@ def resolve_model(store: Any, model: Any) -> Any:
     if isinstance(model, Classifier):
         return model
     text = str(model)
-    candidates = [Path(text)] if text.endswith((".json", ".npz")) else [Path(store.models_dir) / f"{text}.json"]
-    for path in candidates:
-        if path.is_file():
-            return load_model(path)
-    known = sorted(p.stem for p in Path(store.models_dir).glob("*.json")) if Path(store.models_dir).is_dir() else []
+    path = Path(text) if text.endswith((".json", ".npz")) else Path(store.models_dir) / f"{text}.json"
+    if path.is_file():
+        return load_model(path)  # ModelFileError names what is wrong with a damaged file
+    models_dir = Path(store.models_dir)
+    known = sorted(p.stem for p in models_dir.glob("*.json")) if models_dir.is_dir() else []
     raise InputError(
-        f"model {text!r} is neither a model id in the store at {store.root if hasattr(store, 'root') else store.models_dir} "
-        f"nor a model file (.json/.npz); known model ids: {', '.join(known) or 'none'} "
-        f"(train one with `damwatch train`)"
+        f"model {text!r} is neither a model id in {models_dir} nor a model file (.json/.npz); "
+        f"known model ids: {', '.join(known) or 'none'} (train one with `damwatch train`)"
     )
 
 

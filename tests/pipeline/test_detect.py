@@ -323,3 +323,11 @@ def test_survey_thumbnail_equals_numpy_on_the_whole_image(naip, dask_client):
         lo, hi = np.percentile(band[valid], [2, 98])
         expected = np.where(valid, np.clip((band - lo) / (hi - lo), 0, 1), 1.0)
         np.testing.assert_allclose(thumb[..., i], expected, atol=1e-6)
+
+
+def test_unknown_model_is_refused_naming_the_known_ones(naip, dask_client, tmp_path, capsys):
+    out = tmp_path / "maps"
+    assert _cli(naip, dask_client, "detect", naip["ids"][0], "--model", "nosuchmodel", "--out", str(out)) == 2
+    err = _err(capsys)
+    assert "nosuchmodel" in err and naip["model_id"] in err
+    assert not out.exists()
