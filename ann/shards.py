@@ -78,7 +78,7 @@ class ShardPlan:
 
     n_examples: int
     n_shards: int = 8  # divides evenly over 1, 2, 4 and 8 worker threads
-    batch_size: int = 65536  # 8192 per shard: keeps the exchange <= ~10 % of a step (benchmarks/README.md)
+    batch_size: int = 131072  # 16384 per shard: keeps the exchange <= ~10 % of a step (benchmarks/README.md)
     micro_batch: int = 512  # fastest rows per gradient call on one core (work buffers stay in cache)
     seed: int = 0
 

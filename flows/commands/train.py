@@ -11,7 +11,7 @@ or the lowest threshold reaching --precision P / the highest reaching --recall R
 Training is data-parallel on Dask (a local cluster of --workers processes, default one per
 core, or --cluster ADDRESS / $DAMWATCH_CLUSTER); --workers 1 trains in this process without
 Dask. The weights depend on --seed and the settings only, never on the number of workers.
-Each optimizer step averages the gradients of --batch-size tiles (default 65536, i.e. the
+Each optimizer step averages the gradients of --batch-size tiles (default 131072, i.e. the
 whole training set when it is smaller), spread over --shards fixed shards (default 8); these
 defaults keep Dask's exchange at about a tenth of a step (benchmarks/README.md). Training
 stops when the validation accuracy reaches --target-accuracy, after --patience epochs without
@@ -67,8 +67,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="hidden layer sizes (default: 64,32)")
     parser.add_argument("--class-weight", choices=("balanced", "none"), default="balanced",
                         help="weigh the rare class up so both count equally (default: balanced)")
-    parser.add_argument("--batch-size", type=int, default=65536, metavar="N",
-                        help="tiles per optimizer step over all shards (default: 65536)")
+    parser.add_argument("--batch-size", type=int, default=131072, metavar="N",
+                        help="tiles per optimizer step over all shards (default: 131072)")
     parser.add_argument("--shards", type=int, default=8, metavar="N",
                         help="fixed shards of the training set (default: 8; use a multiple of the workers)")
     parser.add_argument("--micro-batch", type=int, default=512, metavar="N",
