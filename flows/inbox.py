@@ -23,6 +23,8 @@ The *ledger* (``<store>/state/watch/``) records what happened to each content ha
 - ``failed/<sha256>.json`` — the file is bad input (the error is recorded); it is skipped until
   that record is deleted. Transient failures (I/O, a lost worker) only release the claim, so
   the next run tries again.
+- ``hashes.json`` — the content hash of each inbox path with the size and modification time it
+  was computed at, so an unchanged file is hashed once, not on every run.
 
 Nothing here imports Prefect; the watch flow (``flows/watch.py``) drives it.
 """
@@ -173,6 +175,27 @@ class Ledger:
         self.failed = self.root / "failed"
         for d in (self.claims, self.done, self.failed):
             d.mkdir(parents=True, exist_ok=True)
+
+    def content_hash(self, path: Path) -> str:
+        """SHA-256 of ``path``, recomputed only when its size or modification time changed."""
+        from pipeline.store import file_sha256
+
+        path = Path(path).resolve()
+        stat = path.stat()
+        key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
+        cache_file = self.root / "hashes.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (FileNotFoundError, ValueError):
+            cache = {}
+        entry = cache.get(key)
+        if entry and entry.get("stamp") == stamp:
+            return entry["sha256"]
+        sha = file_sha256(path)
+        cache[key] = {"stamp": stamp, "sha256": sha}
+        # A concurrent run may overwrite this with its own copy: at worst a file is hashed again.
+        _write_json_atomic(cache_file, cache)
+        return sha
 
     def status(self, sha256: str) -> dict | None:
         """The done or failed record for ``sha256`` (with a ``"state"`` key), or None."""

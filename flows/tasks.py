@@ -260,7 +260,10 @@ def ingest_task(
     if not Path(path).is_file():
         from pipeline.errors import InputError
 
-        raise InputError(f"survey file {path} does not exist; check the path (or the inbox)")
+        raise InputError(
+            f"survey file {path} does not exist (or is not a file); check the path, or whether it was "
+            f"moved out of the inbox before its run started"
+        )
     sha = sha256 or file_sha256(path)
     inputs = {"sha256": sha, "area": area, "date": str(date), "bands": list(bands) if bands else None}
 

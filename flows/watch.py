@@ -24,7 +24,8 @@ from flows.inbox import Ledger, scan_inbox
 from flows.runs import RunRecord, top_detections
 from flows.survey_pipeline import survey_pipeline
 from pipeline.errors import DamwatchError
-from pipeline.store import Store, file_sha256
+from flows.tasks import resolve_model_id
+from pipeline.store import Store
 
 __all__ = ["watch_flow"]
 
@@ -52,6 +53,7 @@ def watch_flow(
     run = RunRecord(st, "watch", params)
     ledger = Ledger(st.root / "state" / "watch")
     processed, skipped, failed, errors, unknown = [], [], [], [], []
+    model_id = None
     with run.failing():
         files = scan_inbox(Path(inbox), settle_seconds)
         for item in files:
@@ -60,11 +62,15 @@ def watch_flow(
                 logger.warning("%s: area and date unknown (%s); left alone", name, item.source)
                 unknown.append({"file": name, "reason": item.source})
                 continue
-            sha = file_sha256(item.path)
+            sha = ledger.content_hash(item.path)
             if (seen := ledger.status(sha)) is not None:
                 logger.info("%s: already %s (sha256 %s…), skipped", name, seen["state"], sha[:12])
                 skipped.append({"file": name, "sha256": sha, "reason": seen["state"]})
                 continue
+            if model is not None and model_id is None:
+                # Before claiming anything: a missing model is this deployment's fault, not the
+                # file's, so it fails the run and leaves the files for a run that has one.
+                model_id = resolve_model_id(st, model)
             if not ledger.claim(sha, item.path, run.run_id):
                 holder = ledger.holder(sha) or {}
                 logger.info("%s: being processed by run %s, skipped", name, holder.get("run"))
@@ -81,7 +87,7 @@ def watch_flow(
                     area=item.area,
                     date=item.date.isoformat(),
                     store=str(st.root),
-                    model=model,
+                    model=model_id,
                     spec=spec,
                     stride=stride,
                     sha256=sha,

@@ -123,3 +123,21 @@ def test_claim_of_a_dead_process_is_taken_over_but_a_live_one_is_not(tmp_path):
     (ledger.claims / f"{sha}.json").write_text(json.dumps(live))
     assert not ledger.claim(sha, tmp_path / "f.tif", run="newer")
     assert ledger.holder(sha)["run"] == "alive"
+
+
+def test_content_hash_is_cached_until_the_file_changes(tmp_path, monkeypatch):
+    import pipeline.store
+    from pipeline.store import file_sha256
+
+    ledger = Ledger(tmp_path / "ledger")
+    path = tmp_path / "creek_2024-06-01.tif"
+    path.write_bytes(b"first version")
+    assert ledger.content_hash(path) == file_sha256(path)
+
+    calls = []
+    real = pipeline.store.file_sha256
+    monkeypatch.setattr(pipeline.store, "file_sha256", lambda p: calls.append(p) or real(p))
+    assert ledger.content_hash(path) == file_sha256(path) and calls == []  # unchanged: cached
+
+    path.write_bytes(b"second, longer version")
+    assert ledger.content_hash(path) == real(path) and len(calls) == 1

@@ -76,3 +76,16 @@ def test_an_empty_inbox_is_nothing_to_do(prefect, tmp_path):
     inbox.mkdir()
     result = watch_flow(str(inbox), store=str(tmp_path / "st"), settle_seconds=0)
     assert (result["processed"], result["skipped"], result["failed"], result["unknown"]) == ([], [], [], [])
+
+
+def test_a_missing_model_fails_the_run_and_leaves_the_files_unclaimed(prefect, tmp_path, write_survey):
+    from pipeline.errors import InputError
+
+    inbox, store = tmp_path / "inbox", Store(tmp_path / "st")
+    inbox.mkdir()
+    write_survey(inbox / "creek_2024-06-01.tif", height=200, width=256, seed=35)
+    with pytest.raises(InputError, match="holds no model yet"):
+        watch_flow(str(inbox), store=str(store.root), model="latest", settle_seconds=0)
+    ledger = Ledger(store.root / "state" / "watch")
+    assert ledger.status(file_sha256(inbox / "creek_2024-06-01.tif")) is None
+    assert os.listdir(ledger.claims) == [] and store.survey_ids() == []
