@@ -381,8 +381,40 @@ def _features_block(block, valid, ro, co, size, spec_dict, band_indices, scale) 
     return np.concatenate([values, fraction[..., None]], axis=-1)
 
 
+_MALLOC_TUNED = False
+
+
+def _reuse_freed_memory_in_worker() -> None:
+    """In a Dask worker process, let glibc reuse freed memory instead of unmapping it at once.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
+    mmap threshold at 128 KiB: every temporary array of a tile batch (~1 MiB each) then gets
+    fresh pages from the kernel, and the page faults cost more than the arithmetic (measured on
+    one 1024² chunk: 72 ms of CPU, 43 of them in the kernel, against 27 ms once memory is
+    reused). Raising both thresholds to 64 MiB keeps at most 64 MiB of freed memory around for
+    reuse. Once per worker process (the setting is process-wide, so it also helps other stages'
+    tasks there); never in the user's own process; a no-op where glibc is absent.
+    """
+    global _MALLOC_TUNED
+    if _MALLOC_TUNED:
+        return
+    _MALLOC_TUNED = True
+    try:
+        import ctypes
+
+        from distributed import get_worker
+
+        get_worker()  # ValueError outside a worker: leave the user's process alone
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
+    except (ImportError, ValueError, OSError, AttributeError):
+        pass
+
+
 def _read_and_apply(image, valid, window, func, ro, co, size, args) -> np.ndarray:
     """One task: read a pixel window (halo included) straight from Zarr, then apply ``func``."""
+    _reuse_freed_memory_in_worker()
     r0, r1, c0, c1 = window
     block = np.asarray(image[:, r0:r1, c0:c1])
     mask = None if valid is None else np.asarray(valid[r0:r1, c0:c1])
