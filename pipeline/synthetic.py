@@ -74,6 +74,10 @@ __all__ = [
     "MIN_SIZE",
     "TILE",
     "Scene",
+    "Stream",
+    "Lake",
+    "Building",
+    "Polylines",
     "Dam",
     "HardNegative",
     "DateConditions",
@@ -1165,6 +1169,7 @@ def _crowns(xs: np.ndarray, ys: np.ndarray, seed: int, to_sun: tuple[float, floa
     by = (iy - (fy - iy < 0.5)).astype(np.int64)
     best = np.full((len(ys), len(xs)), _F32(-1.0), _F32)
     slope = np.zeros_like(best)
+    tone = np.ones_like(best)
     sx, sy = _F32(to_sun[0]), _F32(to_sun[1])
     for ox in (0, 1):
         for oy in (0, 1):
@@ -1180,8 +1185,9 @@ def _crowns(xs: np.ndarray, ys: np.ndarray, seed: int, to_sun: tuple[float, floa
             win = height > best
             np.copyto(best, height, where=win)
             np.copyto(slope, (dx * sx + dy * sy) / r, where=win)
-    lit = _F32(1.0) + _F32(0.55) * slope
-    return np.where(best > _F32(0.0), (_F32(0.72) + _F32(0.45) * np.sqrt(np.maximum(best, _F32(0.0)))) * lit, _F32(0.4))
+            np.copyto(tone, _F32(0.8) + _F32(0.4 / 3) * (h >> np.uint32(30)).astype(_F32), where=win)  # per tree
+    lit = _F32(1.0) + _F32(0.4) * slope
+    return np.where(best > _F32(0.0), (_F32(0.72) + _F32(0.45) * np.sqrt(np.maximum(best, _F32(0.0)))) * lit * tone, _F32(0.4))
 
 
 STRIP = 256  # rows rendered at once: keeps the ~40 temporaries of a strip in cache
@@ -1231,7 +1237,8 @@ def _render(scene: Scene, date_index: int, row0: int, col0: int, height: int, wi
     _, dl = _polyline_field(scene.water, lx, ly, reach=80.0)
     dist_stream = _interp_lattice(dl, lx0, ly0, xs, ys, L)  # (H, W) m, capped at 80
     rip_noise = _noise(xs, ys, 60.0, sd["rip"])
-    forest = zone + _F32(0.05) * (c2 - _F32(0.5)) > _F32(0.52)
+    # The edge follows the crowns (canopy ~0.4 in gaps, ~1.2 on tops), not the noise lattice.
+    forest = zone + _F32(0.05) * (c2 - _F32(0.5)) + _F32(0.02) * (canopy - _F32(0.9)) > _F32(0.52)
     # Forest edges cast shadows on open ground: is there forest ~18 m tall towards the sun?
     hx, hy = cond.sun[0] * 18.0, cond.sun[1] * 18.0
     zs = _noise(xs - hx, ys - hy, 700.0, sd["zone"]) * _F32(0.65) + _noise(xs - hx, ys - hy, 230.0, sd["zone"] + 1) * _F32(0.35)
