@@ -229,10 +229,15 @@ class TileGrid:
                 out.append(TileBlock(slice(r0, r1), slice(c0, c1), window))
         return out
 
-    def tiles_per_chunk(self, chunk_edge: int) -> tuple[int, int]:
-        """Tiles per block such that a block spans about one ``chunk_edge`` Zarr chunk (plus halo)."""
+    def tiles_per_chunk(self, chunk_edge: int, min_tiles: int = 1) -> tuple[int, int]:
+        """Tiles per block (rows, cols) so that a block spans whole ``chunk_edge`` Zarr chunks (plus halo).
+
+        One chunk's worth of tiles, ``chunk_edge // stride`` each way, widened to ``k`` chunks
+        across when one chunk holds fewer than ``min_tiles`` tiles (so a task carries enough work).
+        """
         n = max(1, int(chunk_edge) // self.stride)
-        return (n, n)
+        k = max(1, -(-int(min_tiles) // (n * n)))
+        return (n, n * k)
 
     # -- serialisation ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

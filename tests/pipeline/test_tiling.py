@@ -158,3 +158,17 @@ def test_grid_properties(height, width, size, stride_fraction, a, e):
     bounds = grid.bounds_array()
     for row, col in [(0, 0), (grid.n_rows - 1, grid.n_cols - 1), (grid.n_rows // 2, 0)]:
         np.testing.assert_allclose(bounds[row, col], window_bounds(grid.window(row, col), transform), rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "stride, chunk_edge, min_tiles, expected",
+    [
+        (128, 1024, 1, (8, 8)),  # one 1024-px chunk holds 8 × 8 tiles of stride 128
+        (128, 1024, 128, (8, 16)),  # 64 tiles < 128: two chunks across
+        (64, 1024, 128, (16, 16)),  # stride 64: one chunk already holds 256 tiles
+        (128, 256, 128, (2, 64)),  # small chunks: a strip 32 chunks wide
+        (96, 1024, 1, (10, 10)),  # stride not dividing the chunk: whole tiles starting in it
+    ],
+)
+def test_tiles_per_chunk_table(stride, chunk_edge, min_tiles, expected):
+    assert TileGrid(4096, 4096, 128, stride).tiles_per_chunk(chunk_edge, min_tiles) == expected
