@@ -102,4 +102,4 @@ def test_run_command_reports_bad_input_without_a_traceback(prefect, tmp_path, ca
     code = main(["run", str(tmp_path / "missing.tif"), "--area", "creek", "--date", "2024-06-01", "--store", str(tmp_path / "st")])
     assert code == 2
     err = capsys.readouterr().err
-    assert "does not exist" in err and "Traceback" not in err
+    assert "missing.tif does not exist" in " ".join(err.split()) and "Traceback" not in err
