@@ -8,6 +8,8 @@ session: the ``prefect`` fixture. ``write_survey`` writes a small georeferenced 
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import tempfile
@@ -17,6 +19,7 @@ import numpy as np
 import pytest
 
 _PREFECT_HOME = tempfile.mkdtemp(prefix="damwatch-test-prefect-")
+atexit.register(functools.partial(shutil.rmtree, _PREFECT_HOME, ignore_errors=True))
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 os.environ.setdefault("DAMWATCH_NO_PROGRESS", "1")
@@ -30,7 +33,6 @@ def prefect():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield PREFECT_API_URL.value()
-    shutil.rmtree(_PREFECT_HOME, ignore_errors=True)
 
 
 def make_geotiff(path: Path, height: int = 300, width: int = 400, seed: int = 0, bands: int = 3) -> np.ndarray:
