@@ -25,10 +25,14 @@ def change_flow(
     store: str | None = None,
     stride: int = 64,
     truth: str | None = None,
+    thresholds: dict[str, float] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
 ) -> dict:
-    """Flag tiles that are ``new``, ``gone`` or ``persisting`` from survey ``before`` to ``after`` (ids)."""
+    """Flag tiles that are ``new``, ``gone`` or ``persisting`` from survey ``before`` to ``after`` (ids).
+
+    ``thresholds``: ``high``/``low``/``min_difference`` of the hysteresis (default: pipeline.change's).
+    """
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "change", params)
@@ -37,7 +41,7 @@ def change_flow(
         outcome = run.add(
             change_task(
                 str(st.root), before, after, model_id, str(run.dir / "change" / f"{before}..{after}"),
-                stride=stride, truth=truth, run_id=run.run_id,
+                stride=stride, truth=truth, thresholds=thresholds, run_id=run.run_id,
             )
         )
     return run.finish(

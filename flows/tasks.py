@@ -427,26 +427,32 @@ def change_task(
     out_dir: str,
     stride: int = 64,
     truth: str | None = None,
+    thresholds: dict[str, float] | None = None,
     run_id: str | None = None,
 ) -> dict:
-    """Compare ``before_id`` and ``after_id`` under ``model``; write the change maps into ``out_dir``."""
-    from pipeline.change import DEFAULT_THRESHOLDS, change_surveys, write_change_maps
+    """Compare ``before_id`` and ``after_id`` under ``model``; write the change maps into ``out_dir``.
+
+    ``thresholds``: ``high``, ``low``, ``min_difference`` probabilities of the change hysteresis
+    (:class:`pipeline.change.ChangeThresholds`; default: its defaults).
+    """
+    from pipeline.change import ChangeThresholds, change_surveys, write_change_maps
 
     store = Store(store_root)
     before, after = store.survey(before_id), store.survey(after_id)
     model_id = resolve_model_id(store, model)
+    cut = ChangeThresholds(**dict(thresholds or {}))
     inputs = {
         "before_sha256": before.source_sha256,
         "after_sha256": after.source_sha256,
         "model_id": model_id,
         "stride": stride,
-        "thresholds": DEFAULT_THRESHOLDS.to_dict(),
+        "thresholds": cut.to_dict(),
         "truth_sha256": _truth_sha(truth),
     }
 
     def work() -> dict:
         with stage_client() as client:
-            result = change_surveys(store, before_id, after_id, model_id, stride=stride, client=client)
+            result = change_surveys(store, before_id, after_id, model_id, stride=stride, thresholds=cut, client=client)
             written = write_change_maps(store, result, out_dir, truth=truth, client=client)
         return {
             "before": before_id,

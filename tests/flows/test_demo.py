@@ -66,7 +66,7 @@ def test_demo_end_to_end_at_a_small_size(demo, dask_client, capsys):
 def test_stage_flows_on_the_demo_store_find_the_demo_s_work_done(demo, dask_client):
     """train/detect/change flows with the demo's settings are the same stages: all skipped."""
     from flows.change import change_flow
-    from flows.demo import DEFAULT_HIDDEN, DEFAULT_TRAINING
+    from flows.demo import DEFAULT_HIDDEN, DEFAULT_SPEC, DEFAULT_TRAINING
     from flows.detect import detect_flow
     from flows.train import train_flow
 
@@ -75,7 +75,7 @@ def test_stage_flows_on_the_demo_store_find_the_demo_s_work_done(demo, dask_clie
     cluster = dask_client.scheduler.address
     first, last = demo["surveys"]
 
-    trained = train_flow([first], store=str(out), truth=truth, where={"class": "dam"}, settings=DEFAULT_TRAINING,
+    trained = train_flow([first], store=str(out), truth=truth, where={"class": "dam"}, spec=DEFAULT_SPEC, settings=DEFAULT_TRAINING,
                          hidden=DEFAULT_HIDDEN, stride=64, cluster=cluster)
     assert trained["model_id"] == demo["model_id"] and {s["status"] for s in trained["stages"]} == {"skipped"}
     assert trained["train"] == demo["train"]
@@ -84,5 +84,8 @@ def test_stage_flows_on_the_demo_store_find_the_demo_s_work_done(demo, dask_clie
     assert {s["status"] for s in detected["stages"]} == {"skipped"}
     assert detected["detect"][first]["metrics"] == demo["detection_whole_area"]["2023-06-01"]
 
-    changed = change_flow(first, last, model=demo["model_id"], store=str(out), truth=truth, cluster=cluster)
+    from flows.demo import change_thresholds
+
+    changed = change_flow(first, last, model=demo["model_id"], store=str(out), truth=truth,
+                          thresholds=change_thresholds(demo["train"]["threshold"]), cluster=cluster)
     assert changed["change"]["metrics"] == demo["change"] and changed["change"]["counts"] == demo["change_counts"]
