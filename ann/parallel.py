@@ -115,6 +115,7 @@ class StepTiming:
     def __init__(self) -> None:
         self.step_seconds: list[float] = []
         self.compute_seconds: list[float] = []  # summed over the step's tasks
+        self.task_seconds: list[list[float]] = []  # compute of each task (imbalance shows here)
         self.n_groups: list[int] = []  # tasks (each received the weights)
         self.n_nodes: list[int] = []  # gradients sent back (reduction-tree nodes)
 
@@ -219,13 +220,14 @@ class DaskGradientSource:
             for g, (worker, shards) in enumerate(groups)
         ]
         nodes: dict[tuple[int, int], StepResult] = {}
-        compute = 0.0
+        task_seconds = []
         for held, seconds in self.client.gather(futures, direct=self._direct):
             nodes.update(held)
-            compute += seconds
+            task_seconds.append(seconds)
         loss, grads, count = reduce_tree(nodes, 0, self.plan.n_shards)
         self.timing.step_seconds.append(time.perf_counter() - start)
-        self.timing.compute_seconds.append(compute)
+        self.timing.compute_seconds.append(sum(task_seconds))
+        self.timing.task_seconds.append(task_seconds)
         self.timing.n_groups.append(len(futures))
         self.timing.n_nodes.append(len(nodes))
         if self.on_step is not None:

@@ -4,15 +4,18 @@ come to the machine's ceiling.
 Measured in one run, interleaved (other programs share the cores, so every figure is the
 median of several rounds, and each round measures its own ceiling next to its training):
 
-- comm share = 1 - (compute time measured inside the gradient tasks / number of workers) /
-  step time on the driver (gradient exchange + optimizer step), at the default shard plan and
-  over a sweep of examples per shard per step. Target <= 0.10 at the defaults.
+- comm share = 1 - compute time measured inside the gradient tasks / step time on the driver
+  (gradient exchange + optimizer step), at the default shard plan and over a sweep of examples
+  per shard per step; target <= 0.10 at the defaults. The step's compute time is its critical
+  path, the slowest task: the time during which no gradient is being computed. The table also
+  shows the idle share, which uses the mean task instead and so adds load imbalance (on this
+  shared machine, mostly other programs preempting one worker more than the other).
 - throughput: training examples per second with 2 single-threaded workers, against the
   ceiling measured in the same round by two single-threaded processes running only the same
   network's matrix products side by side. Target >= 0.8.
-- a cost model of the per-step overhead, fitted over network widths: overhead = a + b * MB
+- a cost model of the per-step exchange, fitted over network widths: exchange = a + b * MB
   moved per step (weights out to each task, one summed gradient per task back), and the
-  examples per shard per step it implies for N workers at a 10 % overhead share.
+  examples per shard per step it implies for N workers at a 10 % exchange share.
 
 Run: ``.venv/bin/python benchmarks/parallel.py [--rounds 3]``. Last line: JSON
 ``{"comm_share": x, "throughput_vs_ceiling": r}``.
@@ -135,9 +138,10 @@ def train_steps(client, paths, n_examples: int, shard_batch: int, micro_batch: i
             optimizer.step(net.params, grads)
             loop.append(time.perf_counter() - t0)
             examples += n
-        n_workers = len(client.nthreads())
-        compute = sum(source.timing.compute_seconds) / n_workers
-        arrays_moved = statistics.mean(source.timing.n_groups) + statistics.mean(source.timing.n_nodes)
+        timing = source.timing
+        slowest = sum(max(t) for t in timing.task_seconds)  # the step's critical path of computation
+        mean = sum(statistics.mean(t) for t in timing.task_seconds)
+        arrays_moved = statistics.mean(timing.n_groups) + statistics.mean(timing.n_nodes)
         wall = sum(loop)
     weights_mb = sum(p.nbytes for p in net.params) / 1e6
     return {
@@ -146,33 +150,35 @@ def train_steps(client, paths, n_examples: int, shard_batch: int, micro_batch: i
         "weights_mb": weights_mb,
         "mb_moved": arrays_moved * weights_mb,
         "step_ms": 1e3 * wall / n_steps,
-        "compute_ms": 1e3 * compute / n_steps,
-        "overhead_ms": 1e3 * (wall - compute) / n_steps,
-        "comm_share": 1 - compute / wall,
+        "slowest_ms": 1e3 * slowest / n_steps,
+        "mean_ms": 1e3 * mean / n_steps,
+        "exchange_ms": 1e3 * (wall - slowest) / n_steps,
+        "comm_share": 1 - slowest / wall,
+        "idle_share": 1 - mean / wall,
         "examples_per_s": examples / wall,
-        "seconds_per_example": sum(source.timing.compute_seconds) / examples,
+        "seconds_per_example": sum(map(sum, timing.task_seconds)) / examples,
     }
 
 
 def fit_cost_model(runs: list[dict]) -> tuple[float, float]:
-    """Least squares overhead_s = a + b * mb_moved over the width runs: (a seconds, b seconds per MB)."""
+    """Least squares exchange_s = a + b * mb_moved over the width runs: (a seconds, b seconds per MB)."""
     x = np.array([r["mb_moved"] for r in runs])
-    t = np.array([r["overhead_ms"] / 1e3 for r in runs])
+    t = np.array([r["exchange_ms"] / 1e3 for r in runs])
     b, a = np.polyfit(x, t, 1)
     return float(a), float(b)
 
 
 def implied_shard_batch(a: float, b: float, weights_mb: float, seconds_per_example: float, n_workers: int,
                         share: float = 0.10) -> tuple[int, int]:
-    """(shards, examples per shard per step) keeping the overhead at ``share`` of a step on N workers.
+    """(shards, examples per shard per step) keeping the exchange at ``share`` of a step on N workers.
 
-    The step's compute per worker must be (1 - share) / share times the overhead; shards =
+    The step's compute per worker must be (1 - share) / share times the exchange; shards =
     max(8, N) so every worker holds at least one; each worker receives the weights and returns
     one gradient: 2 N copies of the weights move per step.
     """
     shards = max(8, n_workers)
-    overhead = a + b * 2 * n_workers * weights_mb
-    per_worker = (1 - share) / share * overhead / seconds_per_example
+    exchange = a + b * 2 * n_workers * weights_mb
+    per_worker = (1 - share) / share * exchange / seconds_per_example
     return shards, int(np.ceil(per_worker * n_workers / shards))
 
 
@@ -206,7 +212,8 @@ def main() -> None:
                     ratios.append(run["examples_per_s"] / ceil_rate)
                     shares.append(run["comm_share"])
                     rows.setdefault("default", []).append(run)
-                    print(f"round {r + 1}/{args.rounds}: comm share {shares[-1]:.3f}, "
+                    print(f"round {r + 1}/{args.rounds}: comm share {shares[-1]:.3f} "
+                          f"(idle share {run['idle_share']:.3f}), "
                           f"throughput {run['examples_per_s']:.0f}/s vs ceiling {ceil_rate:.0f}/s", flush=True)
                 for sb in SWEEP:  # about the same examples per run: more steps for small shards
                     steps = min(64, max(4, args.steps * default_shard_batch // sb))
@@ -224,17 +231,22 @@ def main() -> None:
           f"{default_shard_batch} examples per shard per step, micro-batch {micro}; network {N_FEATURES}-"
           f"{'-'.join(map(str, HIDDEN))}-1 float32; 2 workers x 1 thread; medians of {args.rounds} rounds; "
           f"load average {load_before:.1f} before, {load_after:.1f} after (other programs share the 2 cores)")
-    print(f"{'run':<22}{'MB moved':>9}{'step ms':>9}{'compute ms':>11}{'overhead ms':>12}{'comm share':>11}{'examples/s':>11}")
+    print("slowest/mean task: compute measured inside the step's tasks; exchange = step - slowest task;\n"
+          "comm share = 1 - slowest task / step (time no gradient is being computed); idle share =\n"
+          "1 - mean task / step (adds the faster worker's wait for the slower, i.e. load imbalance)")
+    print(f"{'run':<18}{'MB moved':>9}{'step ms':>9}{'slowest':>9}{'mean':>8}{'exchange':>9}"
+          f"{'comm share':>11}{'idle share':>11}{'examples/s':>11}")
     for name, runs in rows.items():
-        print(f"{name:<22}{med(runs, 'mb_moved'):>9.2f}{med(runs, 'step_ms'):>9.1f}{med(runs, 'compute_ms'):>11.1f}"
-              f"{med(runs, 'overhead_ms'):>12.1f}{med(runs, 'comm_share'):>11.3f}{med(runs, 'examples_per_s'):>11.0f}")
+        print(f"{name:<18}{med(runs, 'mb_moved'):>9.2f}{med(runs, 'step_ms'):>9.1f}{med(runs, 'slowest_ms'):>9.1f}"
+              f"{med(runs, 'mean_ms'):>8.1f}{med(runs, 'exchange_ms'):>9.1f}{med(runs, 'comm_share'):>11.3f}"
+              f"{med(runs, 'idle_share'):>11.3f}{med(runs, 'examples_per_s'):>11.0f}")
     print(f"ceiling (2 matmul-only processes, batch {micro}): {statistics.median(ceilings):.0f} examples/s")
 
     width_runs = [run for name, runs in rows.items() if name.startswith("width") for run in runs]
     a, b = fit_cost_model(width_runs)
     weights_mb = rows["default"][0]["weights_mb"]
     spe = med(rows["default"], "seconds_per_example")
-    print(f"\ncost model: overhead per step = {a * 1e3:.1f} ms + {b * 1e3:.2f} ms per MB moved "
+    print(f"\ncost model: exchange per step = {a * 1e3:.1f} ms + {b * 1e3:.2f} ms per MB moved "
           f"(MB moved = 2 x workers x {weights_mb:.3f} MB of weights); compute {spe * 1e6:.2f} us per example")
     print(f"{'workers':>8}{'shards':>8}{'examples/shard/step':>21}{'global batch':>14}")
     for n in (1, 2, 4, 8, 16, 32):
