@@ -132,7 +132,8 @@ def test_a_scheduled_run_processes_a_new_survey_and_the_next_one_skips_it(tmp_pa
             return next(
                 (
                     s for s in _watch_summaries(store)
-                    if s["_provenance"]["started"] >= first["_provenance"]["finished"]
+                    # ISO times to the millisecond: strictly after the first run had finished.
+                    if s["_provenance"]["started"] > first["_provenance"]["finished"]
                     and not s["processed"] and any(x["sha256"] == item["sha256"] for x in s["skipped"])
                 ),
                 None,
