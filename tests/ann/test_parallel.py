@@ -181,3 +181,11 @@ def test_four_workers_train_the_same_weights_and_survive_a_killed_worker(data, i
     assert killed["address"] not in holders  # the shards it held now live elsewhere
     source.close()
     assert_same_weights(params_k, params1)
+
+
+def test_a_failing_loader_raises_its_own_error_on_the_driver(tmp_path, dask_client):
+    """A shard that cannot be read stops training at once with the loader's error, not a hang."""
+    plan = ShardPlan(n_examples=40, n_shards=4, seed=0)
+    loader = NpyShardLoader(plan, tmp_path / "missing-X.npy", tmp_path / "missing-y.npy")
+    with pytest.raises(FileNotFoundError, match="missing-X.npy"):
+        DaskGradientSource(dask_client, loader, plan, MLP(3, hidden=(2,)))
