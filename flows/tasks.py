@@ -46,7 +46,15 @@ __all__ = [
     "retry_transient",
     "hide_user_error_tracebacks",
     "run_stage",
+    "resolve_model_id",
+    "train_summary",
     "ingest_task",
+    "features_task",
+    "labels_task",
+    "train_task",
+    "detect_task",
+    "change_task",
+    "synth_task",
 ]
 
 
