@@ -38,7 +38,6 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from ann.standardize import Standardizer
 from ann.shards import (
     Shard,
     ShardLoader,
@@ -52,6 +51,7 @@ from ann.shards import (
     shard_gradient,
     shard_moments,
 )
+from ann.standardize import Standardizer
 
 __all__ = ["DaskGradientSource", "balance_shards", "StepTiming"]
 

@@ -15,6 +15,7 @@ import pytest
 
 from ann import metrics
 from ann.io import load_model
+from ann.shards import ShardPlan
 from ann.train import TrainConfig
 from flows.cli import main
 from pipeline.errors import InputError
@@ -33,7 +34,6 @@ from pipeline.training import (
     example_table,
     train_model,
 )
-from ann.shards import ShardPlan
 
 SIZE = 32  # small tiles: enough examples from a 934 x 723 px survey
 LABELS = "water"
