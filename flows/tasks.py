@@ -500,7 +500,9 @@ def synth_task(
         return all(Path(p).is_file() for p in [*outputs["surveys"].values(), outputs["truth"]])
 
     def work() -> dict:
-        result = generate_area(out_dir, area, dates, size=size, seed=seed, workers=workers, overwrite=True)
+        # Replace only an earlier synthetic area (it has a manifest), never a directory of other files.
+        ours = (Path(out_dir) / "synth.json").is_file()
+        result = generate_area(out_dir, area, dates, size=size, seed=seed, workers=workers, overwrite=ours)
         return {
             "area": area,
             "surveys": {d: str(p) for d, p in result.surveys.items()},
