@@ -66,6 +66,7 @@ from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather
 
 __all__ = [
     "FeatureSpec",
+    "D4_TRANSFORMS",
     "SPECS",
     "get_spec",
     "spec_band_indices",
@@ -149,6 +150,56 @@ class FeatureSpec:
             "names": list(self.names),
         }
 
+    def symmetry_permutations(self) -> list[np.ndarray]:
+        """Feature permutations of the 8 tile symmetries (D4: flips, transposition, 90° rotations).
+
+        Element ``g`` (``(transpose, flip_rows, flip_cols)`` bits of ``g`` = 4, 2, 1 of
+        :data:`D4_TRANSFORMS`, identity first) is an (F,) index array ``perm`` such that the
+        features of the transformed tile are ``features[..., perm]``: the thumbnail cells move
+        with the pixels; band statistics, indices, contrast, texture and edge strength do not
+        change; the edge-orientation bins follow the gradient direction (a column flip takes
+        direction θ to 180° − θ, a transposition to 90° − θ). Why: a dam seen mirrored or
+        rotated is still a dam, so each labelled tile is worth eight training examples.
+
+        Exact (to float32 summation order) for everything but the edge features, whose forward
+        differences ``gx``, ``gy`` share the pixel ``(y, x)``: an L-shaped stencil. A
+        transposition or a half turn keeps its orientation (the edge features then agree to
+        ~0.5 %); a single flip or a quarter turn mirrors it, and in fine noise, where ``gx`` and
+        ``gy`` correlate through their shared pixel, up to ~8 % of the gradient weight moves
+        between the 45° and 135° bins (tests/pipeline/test_features.py measures both). Dams and
+        ponds are larger than that stencil, so the permuted features are the right example of
+        a mirrored dam. The orientation bins must be even in number for a transposition to map
+        bin centres onto bin centres.
+        """
+        t, bins = self.thumbnail, self.orientation_bins
+        if bins % 2:
+            raise InputError(
+                f"feature spec {self.id} has {bins} edge-orientation bins; the tile symmetries map "
+                f"bin centres onto bin centres only for an even number of bins (e.g. 8)"
+            )
+        cells = np.arange(t * t).reshape(t, t)
+        n_thumb = t * t
+        centres = np.arange(bins) * (np.pi / bins)  # bin k's direction, radians in [0, π)
+        perms = []
+        for transpose, flip_rows, flip_cols in D4_TRANSFORMS:
+            perm = np.arange(self.n_features)
+            perm[:n_thumb] = _apply_d4(cells, transpose, flip_rows, flip_cols).ravel()
+            # the transformed tile's bin k holds the original gradients whose direction maps to
+            # centre k; the map is an involution up to the order of its parts, so invert it
+            gx, gy = np.cos(centres), np.sin(centres)  # (bins,) unit gradients (x = column, y = row)
+            if transpose:
+                gx, gy = gy, gx
+            if flip_rows:
+                gy = -gy
+            if flip_cols:
+                gx = -gx
+            image_of = np.round(np.mod(np.arctan2(gy, gx), np.pi) / (np.pi / bins)).astype(int) % bins
+            source = np.empty(bins, dtype=int)
+            source[image_of] = np.arange(bins)  # transformed bin image_of[k] comes from bin k
+            perm[self.n_features - bins :] = self.n_features - bins + source
+            perms.append(perm)
+        return perms
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FeatureSpec:
         return cls(
@@ -159,6 +210,23 @@ class FeatureSpec:
             orientation_bins=int(d.get("orientation_bins", 8)),
             names=tuple(d.get("names", ())),
         )
+
+
+#: The 8 tile symmetries as (transpose, flip_rows, flip_cols), applied in that order; identity first.
+D4_TRANSFORMS: tuple[tuple[bool, bool, bool], ...] = tuple(
+    (bool(g & 4), bool(g & 2), bool(g & 1)) for g in range(8)
+)
+
+
+def _apply_d4(a: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """``a`` (..., S, S) transposed, then flipped along rows, then along columns (a D4 element)."""
+    if transpose:
+        a = np.swapaxes(a, -1, -2)
+    if flip_rows:
+        a = a[..., ::-1, :]
+    if flip_cols:
+        a = a[..., ::-1]
+    return a
 
 
 def _feature_names(bands: tuple[str, ...], thumbnail: int, bins: int) -> tuple[str, ...]:

@@ -7,6 +7,7 @@ import pytest
 
 from pipeline.errors import InputError, StoreError
 from pipeline.features import (
+    D4_TRANSFORMS,
     FeatureSpec,
     block_features,
     compute_features,
@@ -102,6 +103,77 @@ def test_checkerboard_texture_and_diagonal_gradients():
     # gx = gy = ±1 everywhere: magnitude √2 at 45° (or −135°, the same edge)
     assert feature(RGB4, f, "edge_strength") == pytest.approx(np.sqrt(2))
     assert feature(RGB4, f, "edge_orient_045") == pytest.approx(1.0)
+
+
+def _smooth_tiles(n: int, bands: int, s: int, seed: int) -> np.ndarray:
+    """(n, bands, s, s) float32 in [0, 1]: blurred noise plus a bright disc, like a pond in a field."""
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, bands, s + 4, s + 4), dtype=np.float32)
+    for axis in (-1, -2):  # 5-pixel box blur: gradients of a few percent, as in aerial imagery
+        x = sum(np.take(x, range(i, x.shape[axis] - 4 + i), axis=axis) for i in range(5)) / 5
+    yy, xx = np.mgrid[:s, :s]
+    for i in range(n):
+        cy, cx, r = rng.uniform(0.2 * s, 0.8 * s, 2).tolist() + [rng.uniform(0.1 * s, 0.3 * s)]
+        x[i, :, (yy - cy) ** 2 + (xx - 0.6 * cx) ** 2 < r * r] += 0.5
+    return (x / x.max()).astype(np.float32)
+
+
+def _transformed(tiles: np.ndarray, transpose: bool, flip_rows: bool, flip_cols: bool) -> np.ndarray:
+    """The reference transform, written independently of pipeline.features: NumPy's own flips."""
+    if transpose:
+        tiles = np.swapaxes(tiles, -1, -2)
+    if flip_rows:
+        tiles = np.flip(tiles, -2)
+    if flip_cols:
+        tiles = np.flip(tiles, -1)
+    return np.ascontiguousarray(tiles)
+
+
+@pytest.mark.parametrize("spec", [RGBN4, get_spec("rgbn")], ids=["thumb4", "rgbn"])
+def test_symmetry_permutations_equal_the_features_of_the_transformed_tiles(spec):
+    size = 8 if spec.thumbnail == 4 else 128
+    tiles = _smooth_tiles(6, len(spec.bands), size, seed=3)
+    f = tile_features(tiles, None, spec)
+    perms = spec.symmetry_permutations()
+    assert len(perms) == 8 and np.array_equal(perms[0], np.arange(spec.n_features))
+    assert len({tuple(p) for p in perms}) == 8  # eight distinct elements
+    edge = np.array([n.startswith("edge_") for n in spec.names])
+    for perm, g in zip(perms, D4_TRANSFORMS):
+        assert sorted(perm) == list(range(spec.n_features))
+        expected = tile_features(_transformed(tiles, *g), None, spec)
+        # everything but the edge features: exact up to float32 summation order
+        np.testing.assert_allclose(f[:, perm][:, ~edge], expected[:, ~edge], rtol=1e-5, atol=1e-6, err_msg=str(g))
+        if size == 8:
+            continue  # a 7 × 7 interior is too small for the edge features' stencil to average out
+        # edge features: the forward-difference stencil is an L whose corner points up-left; a
+        # transposition or a half turn keeps that orientation (equal to ~0.5 %), a single flip
+        # turns it, and noise then leans to the other diagonal bin (see the docstring)
+        atol = 0.005 if g[1] == g[2] else 0.1
+        np.testing.assert_allclose(f[:, perm][:, edge], expected[:, edge], atol=atol, err_msg=str(g))
+
+
+@pytest.mark.parametrize("g, bin_name", [
+    ((False, False, False), "edge_orient_000"),  # identity: gradient along x stays there
+    ((True, False, False), "edge_orient_090"),   # transposed: the edge becomes horizontal
+    ((False, False, True), "edge_orient_000"),   # mirrored left-right: still a vertical edge
+])
+def test_symmetry_permutation_of_a_step_edge(g, bin_name):
+    gray = np.zeros((8, 8), np.float32)
+    gray[:, 4:] = 1.0  # vertical edge: all gradient in bin 000 (test_vertical_step_edge)
+    f = tile_features(one_tile([gray, gray, gray]), None, RGB4)[0]
+    permuted = f[RGB4.symmetry_permutations()[D4_TRANSFORMS.index(g)]]
+    assert feature(RGB4, permuted, bin_name) == pytest.approx(1.0)
+    np.testing.assert_allclose(permuted[:16], tile_features(_transformed(one_tile([gray] * 3), *g), None, RGB4)[0][:16])
+
+
+def test_diagonal_edge_bins_swap_under_a_mirror():
+    y, x = np.mgrid[:16, :16]
+    gray = (x + y >= 16).astype(np.float32)  # edge along the anti-diagonal: gradient at 45°
+    spec = FeatureSpec("test-rgb8", 1, ("red", "green", "blue"), thumbnail=4)
+    f = tile_features(one_tile([gray] * 3), None, spec)[0]
+    mirrored = f[spec.symmetry_permutations()[D4_TRANSFORMS.index((False, False, True))]]
+    assert feature(spec, f, "edge_orient_045") == pytest.approx(1.0)
+    assert feature(spec, mirrored, "edge_orient_135") == pytest.approx(1.0)  # 180° − 45°
 
 
 def test_normalized_difference_indices():
