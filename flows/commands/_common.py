@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.store import default_store_path
 
 __all__ = ["add_store_argument", "add_cluster_arguments", "open_store"]
 
@@ -14,7 +13,7 @@ def add_store_argument(parser: argparse.ArgumentParser) -> None:
         "--store",
         metavar="DIR",
         default=None,
-        help=f"the damwatch store directory (default: $DAMWATCH_STORE or ./{default_store_path()})",
+        help="the damwatch store directory (default: $DAMWATCH_STORE if set, else ./damwatch-data)",
     )
 
 
