@@ -21,6 +21,14 @@ the shards of a seed-fixed :class:`ann.shards.ShardPlan`; each shard is read fro
 a task on a Dask worker (:class:`StoreShardLoader`), standardized with statistics computed
 over all shards, and kept there for the whole training. With one worker and no cluster the
 same shards are computed in this process, with no Dask at all, to the same weights.
+
+*Symmetry augmentation*: a tile seen from above has no preferred orientation, so by default
+each training tile also enters training as its 7 mirrored and rotated versions (the tile
+symmetries, :meth:`pipeline.features.FeatureSpec.symmetry_permutations`): the same features
+permuted, with no pixel read again. The shard plan then indexes ``8 × N`` examples, example
+``j`` being symmetry ``j // N`` of training tile ``j % N``, so the plan stays fixed by the seed
+and the weights still do not depend on the worker count. Validation and test tiles are never
+augmented: they are scored as they are.
 """
 
 from __future__ import annotations
@@ -218,19 +226,29 @@ class StoreShardLoader:
     size: int
     plan: ShardPlan
     class_weights: tuple[float, float] | None
+    symmetries: bool = False  # plan indexes 8 × N examples: tile j % N under symmetry j // N
 
     def __call__(self, i: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        from pipeline.features import get_spec
         from pipeline.store import Store
 
         store = Store(self.store_root)
         table = example_table(store, self.survey_ids, self.spec, self.labels, self.holdout, self.stride, self.size)[TRAIN]
-        if len(table) != self.plan.n_examples:
+        perms = get_spec(self.spec).symmetry_permutations() if self.symmetries else None
+        n_views = len(perms) if perms else 1
+        if len(table) * n_views != self.plan.n_examples:
             raise InputError(
                 f"the training tiles of {', '.join(self.survey_ids)} changed while training "
-                f"({len(table)} now, {self.plan.n_examples} at the start); rerun the training"
+                f"({len(table)} now, {self.plan.n_examples // n_views} at the start); rerun the training"
             )
-        mine = table.take(self.plan.shard_indices(i))
-        X = read_examples(store, self.survey_ids, self.spec, self.stride, self.size, mine)
+        index = self.plan.shard_indices(i)  # (n,) into the n_views × N examples
+        view, tile = np.divmod(index, len(table))
+        mine = table.take(tile)
+        X = read_examples(store, self.survey_ids, self.spec, self.stride, self.size, mine)  # (n, F)
+        if perms:
+            for k in np.unique(view):
+                rows = np.flatnonzero(view == k)
+                X[rows] = X[rows][:, perms[k]]
         y = mine.label.astype(np.float32)
         if self.class_weights is None:
             return X, y, None
@@ -371,6 +389,7 @@ def train_model(
     target_recall: float | None = None,
     stride: int = TRAINING_STRIDE,
     size: int = DEFAULT_TILE_SIZE,
+    symmetries: bool = True,
     progress: bool | None = None,
 ) -> tuple[Classifier, str, TrainingReport]:
     """Train a classifier on the labelled tiles of ``survey_ids``, evaluate it on the held-out region, save it.
@@ -384,7 +403,9 @@ def train_model(
     ``config.batch_size`` is not used: the plan's ``batch_size`` is the global batch).
     ``n_shards``, ``batch_size``, ``micro_batch``: the shard plan (defaults measured in
     benchmarks/parallel.py). ``target_precision`` / ``target_recall``: choose the decision
-    threshold for that target on the validation band (default: best F1 there).
+    threshold for that target on the validation band (default: best F1 there). ``symmetries``:
+    train on each training tile's 8 mirrored and rotated versions (see the module docstring);
+    turn off for targets with a preferred orientation in the image.
 
     Returns the classifier, its model id (saved under ``store.models_dir``) and a report.
     """
@@ -419,12 +440,13 @@ def train_model(
     weights = class_sample_weights(train.label, config.class_weight, np.float64)
     class_weights = None if weights is None else (
         float(weights[train.label == 0][0]), float(weights[train.label == 1][0]))
-    plan = ShardPlan(n_examples=len(train), n_shards=min(n_shards, len(train)), batch_size=batch_size,
+    n_examples = len(train) * (len(spec_obj.symmetry_permutations()) if symmetries else 1)
+    plan = ShardPlan(n_examples=n_examples, n_shards=min(n_shards, n_examples), batch_size=batch_size,
                      micro_batch=micro_batch, seed=config.seed)
     if plan.n_shards < n_shards:
-        notes.append(f"only {len(train)} training tiles: {plan.n_shards} shards instead of {n_shards}")
+        notes.append(f"only {n_examples} training examples: {plan.n_shards} shards instead of {n_shards}")
     loader = StoreShardLoader(str(store.root), tuple(survey_ids), spec_dict, labels, holdout, stride, size,
-                              plan, class_weights)
+                              plan, class_weights, symmetries)
     net = MLP(spec_obj.n_features, hidden, activation, seed=config.seed)
     bars = _EpochBars(plan.steps_per_epoch(), disable=None if progress is None else not progress)
 
@@ -478,6 +500,7 @@ def train_model(
             "config": config.to_dict(),
             "hidden": list(hidden),
             "activation": activation,
+            "symmetries": bool(symmetries),
             "workers": n_workers,
         },
         "history": history.summary(),

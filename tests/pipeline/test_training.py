@@ -112,6 +112,31 @@ def test_shards_read_from_the_store_equal_the_features_array(naip_store):
     np.testing.assert_array_equal(w, np.where(train.label == 1, 4.0, 1.0))
 
 
+def test_symmetry_shards_are_the_training_features_permuted_by_each_tile_symmetry(naip_store):
+    store, ids = naip_store
+    spec = get_spec("rgbn")
+    train = example_table(store, ids, "rgbn", LABELS, HoldOut(), SIZE, SIZE)[TRAIN]
+    perms = spec.symmetry_permutations()
+    plan = ShardPlan(n_examples=8 * len(train), n_shards=3, seed=5)
+    loader = StoreShardLoader(str(store.root), tuple(ids), spec.to_dict(), LABELS, HoldOut(), SIZE, SIZE,
+                              plan, None, symmetries=True)
+    X = np.empty((plan.n_examples, spec.n_features), np.float32)
+    y = np.empty(plan.n_examples)
+    for s in range(3):
+        X[plan.shard_indices(s)], y[plan.shard_indices(s)], w = loader(s)
+        assert w is None
+    tiles = np.concatenate([
+        np.asarray(open_features(store, sid, "rgbn", SIZE, SIZE).values[...])[train.row[train.survey == k], train.col[train.survey == k]]
+        for k, sid in enumerate(ids)
+    ])
+    # example j is symmetry j // N of training tile j % N: the identity block first
+    np.testing.assert_array_equal(X, np.concatenate([tiles[:, p] for p in perms]))
+    np.testing.assert_array_equal(y, np.tile(train.label, 8))
+    with pytest.raises(InputError, match="changed while training"):
+        StoreShardLoader(str(store.root), tuple(ids), spec.to_dict(), LABELS, HoldOut(), SIZE, SIZE,
+                         plan, None, symmetries=False)(0)
+
+
 def _held_out_reference(store, ids, clf, region):
     """Probabilities of the saved model on one region's tiles, read straight from the arrays."""
     from pipeline.labels import open_labels
