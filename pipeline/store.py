@@ -31,6 +31,7 @@ import re
 import shutil
 import uuid
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -597,23 +598,29 @@ def ingest(
     overwrite: bool = False,
     client: "distributed.Client | None" = None,
     chunk_edge: int = DEFAULT_CHUNK_EDGE,
+    sha256: str | None = None,
 ) -> IngestResult:
     """Ingest the GeoTIFF at ``path`` as survey ``<area>-<date>`` of ``store``.
 
     With a Dask ``client`` the copy runs as parallel tasks on its workers (they must see the
     same filesystem); without one it runs in this process, strip by strip. Ingesting the same
     file again is a no-op (status ``"unchanged"``); a different file under an existing survey
-    id is refused unless ``overwrite`` (status ``"replaced"``).
+    id is refused unless ``overwrite`` (status ``"replaced"``). ``sha256``: the file's content
+    hash, when the caller has already computed it (it is not checked again).
     """
     path = Path(path)
     survey_id = survey_id_for(area, date)
     date = parse_date(date)
     source = _inspect(path, bands)
     edge = _chunk_edge(source, chunk_edge)
-    sha = file_sha256(path)
-
+    # The content hash takes ~1 s per GiB. It decides whether an existing survey is the same
+    # file, so there it comes first; for a new survey it is computed while the workers copy.
+    hasher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sha256")
+    sha_future = hasher.submit(lambda: sha256 or file_sha256(path))
+    hasher.shutdown(wait=False)
     existing = store.survey(survey_id) if survey_id in store.survey_ids() else None
     if existing is not None:
+        sha = sha_future.result()
         if existing.source_sha256 == sha and (bands is None or tuple(bands) == existing.bands):
             return IngestResult(existing, "unchanged")
         if not overwrite:
@@ -631,7 +638,7 @@ def ingest(
         "dtype": source.dtype,
         "nodata": source.nodata,
         "source_name": path.name,
-        "source_sha256": sha,
+        "source_sha256": None,  # set once the hash is known, before completion
         "ingested_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "damwatch_version": __version__,
         "chunk_edge": edge,
@@ -655,7 +662,8 @@ def ingest(
         _run_copy(source, staging, strips, client, desc=f"ingest {survey_id}")
         import zarr
 
-        zarr.open_group(staging, mode="r+").attrs["complete"] = True  # completion marked last
+        group = zarr.open_group(staging, mode="r+")
+        group.attrs.update({"source_sha256": sha_future.result(), "complete": True})  # completion last
         with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": known
             warnings.simplefilter("ignore", category=UserWarning)
             zarr.consolidate_metadata(staging)  # one read opens the survey (xarray.open_zarr too)
