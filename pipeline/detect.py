@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError, StoreError
+from pipeline.store import move_into_place
 from pipeline.tiling import DEFAULT_TILE_SIZE, DETECTION_STRIDE, TileGrid
 
 __all__ = [
@@ -290,13 +291,7 @@ def save_predictions(store: Any, predictions: Predictions, extra_attrs: dict | N
     tmp_dir = Path(store.zarr_path) / parent / tmp_name
     final_dir = Path(store.zarr_path) / path
     try:
-        if final_dir.exists():
-            trash = final_dir.with_name(f".trash-{name}-{uuid.uuid4().hex[:8]}")
-            final_dir.rename(trash)
-            tmp_dir.rename(final_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp_dir.rename(final_dir)
+        move_into_place(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -67,6 +67,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError, StoreError
+from pipeline.store import move_into_place
 from pipeline.features import compute_with_progress, map_tile_blocks, resolve_client
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
@@ -699,13 +700,7 @@ def save_labels(store: Any, labels: TileLabels, source_sha256: str | None = None
                 "complete": True,  # written last
             }
         )
-        if final_dir.exists():
-            trash = final_dir.with_name(f".trash-{leaf}-{uuid.uuid4().hex[:8]}")
-            final_dir.rename(trash)
-            tmp_dir.rename(final_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp_dir.rename(final_dir)
+        move_into_place(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise

@@ -63,6 +63,7 @@ __all__ = [
     "parse_date",
     "check_area",
     "file_sha256",
+    "move_into_place",
 ]
 
 STORE_ENV = "DAMWATCH_STORE"
@@ -103,6 +104,23 @@ def parse_date(date: str | dt.date) -> dt.date:
 def survey_id_for(area: str, date: str | dt.date) -> str:
     """A survey id is ``<area>-<YYYY-MM-DD>``."""
     return f"{check_area(area)}-{parse_date(date).isoformat()}"
+
+
+def move_into_place(staging: Path, final: Path) -> Literal["created", "replaced"]:
+    """Rename the finished directory ``staging`` to ``final``, replacing whatever was there.
+
+    Every stage writes its output complete under a temporary name on the same filesystem and
+    only then calls this: a reader sees the old output or the new one, never a half-written
+    one. The old output is renamed aside first and deleted last.
+    """
+    if not final.exists():
+        os.replace(staging, final)
+        return "created"
+    trash = final.with_name(f".trash-{final.name}-{uuid.uuid4().hex[:8]}")
+    os.replace(final, trash)
+    os.replace(staging, final)
+    shutil.rmtree(trash, ignore_errors=True)
+    return "replaced"
 
 
 def file_sha256(path: str | os.PathLike, block: int = 2**22) -> str:
@@ -667,16 +685,8 @@ def ingest(
         with warnings.catch_warnings():  # "consolidated metadata is not in the v3 spec": known
             warnings.simplefilter("ignore", category=UserWarning)
             zarr.consolidate_metadata(staging)  # one read opens the survey (xarray.open_zarr too)
-        final = store.survey_dir(survey_id)
-        status: Literal["ingested", "replaced"] = "ingested"
-        if final.exists():
-            trash = store.staging_dir / f"replaced-{survey_id}-{uuid.uuid4().hex[:8]}"
-            os.replace(final, trash)
-            os.replace(staging, final)
-            shutil.rmtree(trash, ignore_errors=True)
-            status = "replaced"
-        else:
-            os.replace(staging, final)
+        created = move_into_place(staging, store.survey_dir(survey_id))
+        status: Literal["ingested", "replaced"] = "ingested" if created == "created" else "replaced"
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
