@@ -1,8 +1,11 @@
 """The ``change`` flow: compare two surveys of one area under a model.
 
-Writes ``runs/<run_id>/change/<before>..<after>/``: the change COG (new / gone / persisting
-classes), change GeoJSON, side-by-side PNG, provenance and (given ``truth``) metrics. Skipped
-when both surveys, the model and the settings are unchanged since the last completed run.
+Writes ``runs/<run_id>/change/<before>..<after>/`` — or ``out`` when given, all or nothing: an
+output directory that already holds results is refused before any work unless ``overwrite`` —
+the change COG (new / gone / persisting classes), change GeoJSON, side-by-side PNG, provenance
+and (given ``truth``) metrics. Skipped when both surveys, the model and the settings are
+unchanged since the last completed run, except that maps asked for in ``out`` are always
+written there (stored tile probabilities are reused).
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ from prefect import flow
 
 from flows.runs import RunRecord
 from flows.survey_pipeline import change_headline
-from flows.tasks import change_task, cluster_session, resolve_model_id
+from flows.tasks import change_task, cluster_session, model_reference, resolve_model_id
 from pipeline.store import Store
 
 __all__ = ["change_flow"]
@@ -28,20 +31,31 @@ def change_flow(
     thresholds: dict[str, float] | None = None,
     cluster: str | None = None,
     workers: int | None = None,
+    reproject: bool = False,
+    out: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
     """Flag tiles that are ``new``, ``gone`` or ``persisting`` from survey ``before`` to ``after`` (ids).
 
     ``thresholds``: ``high``/``low``/``min_difference`` of the hysteresis (default: pipeline.change's).
+    ``reproject``: compare surveys in different CRSs on a grid in ``before``'s CRS. ``out``: the
+    output directory (default: the run's own); ``overwrite``: replace results already there.
     """
+    from pipeline.maps import refuse_existing_results
+
     params = dict(locals())
     st = Store(store)
+    if out:  # before any work, and before a run directory is made
+        refuse_existing_results(out, overwrite)
     run = RunRecord(st, "change", params)
     with run.failing(), cluster_session(cluster, workers):
         model_id = resolve_model_id(st, model)
+        ref = model_reference(st, model)
         outcome = run.add(
             change_task(
-                str(st.root), before, after, model_id, str(run.dir / "change" / f"{before}..{after}"),
+                str(st.root), before, after, ref, out or str(run.dir / "change" / f"{before}..{after}"),
                 stride=stride, truth=truth, thresholds=thresholds, run_id=run.run_id,
+                reproject=reproject, overwrite=overwrite, rerun=bool(out),
             )
         )
     return run.finish(

@@ -2,17 +2,23 @@
 
 For each survey: probabilities of every tile stored under the model id, and in
 ``runs/<run_id>/detect/<survey_id>/`` the probability COG, detections GeoJSON, quicklook PNG,
-provenance and (given ``truth``) metrics. Skipped per survey when survey, model and settings are
-unchanged since the last completed run (whose maps the summary then points to).
+provenance and (given ``truth``) metrics — or in ``out`` when given (the maps of one survey
+straight into it, of several into ``out/<survey_id>/``), all or nothing: an output directory
+that already holds results is refused before any work unless ``overwrite``. Skipped per survey
+when survey, model and settings are unchanged since the last completed run (whose maps the
+summary then points to), except that maps asked for in ``out`` are always written there (the
+stored tile probabilities are reused).
 """
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from prefect import flow
 
 from flows.runs import RunRecord, top_detections
 from flows.survey_pipeline import detection_headline
-from flows.tasks import cluster_session, detect_task, resolve_model_id
+from flows.tasks import cluster_session, detect_task, model_reference, resolve_model_id
 from pipeline.store import Store
 
 __all__ = ["detect_flow"]
@@ -28,18 +34,31 @@ def detect_flow(
     truth: str | None = None,
     cluster: str | None = None,
     workers: int | None = None,
+    out: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Detect on ``surveys`` (ids) with ``model`` (id, model file, or ``"latest"``); ``stride`` in px."""
+    """Detect on ``surveys`` (ids) with ``model`` (id, model file, or ``"latest"``); ``stride`` in px.
+
+    ``out``: the output directory (default: the run's own ``detect/<survey_id>``); ``overwrite``:
+    replace results already there.
+    """
+    from pipeline.maps import refuse_existing_results
+
     params = dict(locals())
     st = Store(store)
+    outs = {sid: Path(out) / sid if len(surveys) > 1 else Path(out) for sid in surveys} if out else {}
+    for path in outs.values():  # before any work, and before a run directory is made
+        refuse_existing_results(path, overwrite)
     run = RunRecord(st, "detect", params)
     with run.failing(), cluster_session(cluster, workers):
         model_id = resolve_model_id(st, model)
+        ref = model_reference(st, model)
         outcomes = [
             run.add(
                 detect_task(
-                    str(st.root), sid, model_id, str(run.dir / "detect" / sid),
+                    str(st.root), sid, ref, str(outs.get(sid, run.dir / "detect" / sid)),
                     stride=stride, threshold=threshold, truth=truth, run_id=run.run_id,
+                    overwrite=overwrite, rerun=sid in outs,
                 )
             )
             for sid in surveys

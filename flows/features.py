@@ -1,7 +1,7 @@
 """The ``features`` flow: per-tile features of surveys already in the store.
 
 One features stage per survey, each skipped (with a log line) when the survey's content, the
-feature spec and the grid are unchanged since it last completed.
+feature spec and the grid are unchanged since it last completed, unless ``overwrite``.
 """
 
 from __future__ import annotations
@@ -24,14 +24,22 @@ def features_flow(
     size: int = 128,
     cluster: str | None = None,
     workers: int | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Compute features of ``surveys`` (ids) with feature ``spec`` on ``size``/``stride`` px tiles."""
+    """Compute features of ``surveys`` (ids) with feature ``spec`` on ``size``/``stride`` px tiles.
+
+    ``overwrite`` recomputes features the store already holds for these inputs.
+    """
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "features", params)
     with run.failing(), cluster_session(cluster, workers):
         outcomes = [
-            run.add(features_task(str(st.root), sid, spec=spec, stride=stride, size=size, run_id=run.run_id))
+            run.add(
+                features_task(
+                    str(st.root), sid, spec=spec, stride=stride, size=size, run_id=run.run_id, overwrite=overwrite
+                )
+            )
             for sid in surveys
         ]
     return run.finish(

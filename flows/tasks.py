@@ -47,6 +47,7 @@ __all__ = [
     "hide_user_error_tracebacks",
     "run_stage",
     "resolve_model_id",
+    "model_reference",
     "train_summary",
     "ingest_task",
     "features_task",
@@ -167,6 +168,14 @@ def cluster_session(address: str | None = None, workers: int | None = None) -> I
         session.close()
 
 
+def _in_process() -> bool:
+    """True in a cluster session asked for one local worker: work that can, runs in this process."""
+    from pipeline.cluster import cluster_address
+
+    session = _SESSION.get()
+    return session is not None and session.workers == 1 and cluster_address(session.address) is None
+
+
 @contextlib.contextmanager
 def stage_client() -> Iterator[Any]:
     """The session's Dask client; outside a session, a client opened for this call only."""
@@ -193,8 +202,12 @@ def run_stage(
     work: Callable[[], Mapping[str, Any]],
     run_id: str | None = None,
     existing: Callable[[], Mapping[str, Any] | None] | None = None,
+    force: bool = False,
 ) -> dict:
     """Run ``work()`` unless a record with the same input fingerprint has outputs that still exist.
+
+    ``force`` runs it regardless (the caller asked to recompute, or wants the outputs written to
+    a place of its choosing); the record is still written afterwards.
 
     ``work`` returns the stage's outputs (JSON-able: ids, paths, counts, metrics); they are
     recorded after it returns, so a crash inside it leaves nothing that looks finished.
@@ -204,8 +217,8 @@ def run_stage(
     logger = get_run_logger()
     ledger = StageLedger(store.root / "state" / "stages")
     fp = fingerprint(inputs)
-    record = ledger.lookup(stage, subject, fp)
-    if record is None and existing is not None and (found := existing()) is not None:
+    record = None if force else ledger.lookup(stage, subject, fp)
+    if not force and record is None and existing is not None and (found := existing()) is not None:
         record = ledger.record(stage, subject, fp, inputs, found, run_id)
         logger.info("%s %s: already in the store with these inputs (fingerprint %s), skipped", stage, subject, fp)
     elif record is not None and outputs_exist(record["outputs"]):
@@ -304,8 +317,12 @@ def features_task(
     stride: int = 128,
     size: int = 128,
     run_id: str | None = None,
+    overwrite: bool = False,
 ) -> dict:
-    """Compute the per-tile features of ``survey_id`` on a ``size``/``stride`` grid (pixels)."""
+    """Compute the per-tile features of ``survey_id`` on a ``size``/``stride`` grid (pixels).
+
+    ``overwrite`` recomputes them even when the store already holds them for these inputs.
+    """
     from pipeline.features import compute_features, features_path, get_spec, open_features
 
     store = Store(store_root)
@@ -333,9 +350,15 @@ def features_task(
 
     def work() -> dict:
         with stage_client() as client:
-            return facts(compute_features(store, survey_id, spec_id, stride=stride, size=size, client=client))
+            return facts(
+                compute_features(
+                    store, survey_id, spec_id, stride=stride, size=size, client=client, overwrite=overwrite
+                )
+            )
 
-    return run_stage(store, "features", subject, inputs, lambda _: stored() is not None, work, run_id, stored)
+    return run_stage(
+        store, "features", subject, inputs, lambda _: stored() is not None, work, run_id, stored, force=overwrite
+    )
 
 
 def _truth_sha(truth: str | None) -> str | None:
@@ -348,6 +371,20 @@ def _paths(result: Mapping[str, Any]) -> dict[str, str]:
 
 def _files_exist(outputs: Mapping[str, Any]) -> bool:
     return all(Path(p).exists() for p in outputs.get("files", {}).values())
+
+
+def model_reference(store: Store, model: str) -> str:
+    """What a flow hands its stage tasks for ``model``: its id, or the model file when given one.
+
+    A model file outside ``<store>/models`` has no id the store could resolve, so the tasks
+    load it by path; ``"latest"`` becomes an id once, so every stage of a run uses one model.
+    """
+    return str(model) if str(model).endswith((".json", ".npz")) else resolve_model_id(store, model)
+
+
+def _loadable(model: str, model_id: str) -> str:
+    """The model file when ``model`` names one (it may lie outside the store), else the id."""
+    return str(model) if str(model).endswith((".json", ".npz")) else model_id
 
 
 def resolve_model_id(store: Store, model: str) -> str:
@@ -379,11 +416,16 @@ def detect_task(
     threshold: float | None = None,
     truth: str | None = None,
     run_id: str | None = None,
+    overwrite: bool = False,
+    rerun: bool = False,
 ) -> dict:
     """Score every tile of ``survey_id`` with ``model`` and write its maps into ``out_dir``.
 
     Outputs: the prediction grid in the store and, in ``out_dir``, the probability COG, the
     detections GeoJSON, the quicklook PNG, provenance and (given ``truth``) metrics.
+    ``overwrite`` lets the maps replace results already in ``out_dir`` (else refused);
+    ``rerun`` writes the maps even when a completed record matches (an ``out_dir`` the user
+    chose must get them; stored tile probabilities are still reused).
     """
     from pipeline.detect import detect_survey, open_predictions
     from pipeline.maps import write_detection_maps
@@ -408,8 +450,10 @@ def detect_task(
 
     def work() -> dict:
         with stage_client() as client:
-            predictions = detect_survey(store, survey_id, model_id, stride=stride, client=client)
-            written = write_detection_maps(store, predictions, out_dir, threshold=threshold, truth=truth, client=client)
+            predictions = detect_survey(store, survey_id, _loadable(model, model_id), stride=stride, client=client)
+            written = write_detection_maps(
+                store, predictions, out_dir, threshold=threshold, truth=truth, overwrite=overwrite, client=client
+            )
         import numpy as np
 
         return {
@@ -423,7 +467,7 @@ def detect_task(
             "files": _paths(written),
         }
 
-    return run_stage(store, "detect", f"{model_id}/{survey_id}", inputs, outputs_exist, work, run_id)
+    return run_stage(store, "detect", f"{model_id}/{survey_id}", inputs, outputs_exist, work, run_id, force=rerun)
 
 
 @task(name="change", **RETRY)
@@ -437,11 +481,16 @@ def change_task(
     truth: str | None = None,
     thresholds: dict[str, float] | None = None,
     run_id: str | None = None,
+    reproject: bool = False,
+    overwrite: bool = False,
+    rerun: bool = False,
 ) -> dict:
     """Compare ``before_id`` and ``after_id`` under ``model``; write the change maps into ``out_dir``.
 
     ``thresholds``: ``high``, ``low``, ``min_difference`` probabilities of the change hysteresis
-    (:class:`pipeline.change.ChangeThresholds`; default: its defaults).
+    (:class:`pipeline.change.ChangeThresholds`; default: its defaults). ``reproject``: compare
+    surveys in different CRSs on a grid in the before survey's CRS. ``overwrite`` and ``rerun``
+    as for :func:`detect_task`.
     """
     from pipeline.change import ChangeThresholds, change_surveys, write_change_maps
 
@@ -457,21 +506,28 @@ def change_task(
         "thresholds": cut.to_dict(),
         "truth_sha256": _truth_sha(truth),
     }
+    if reproject:  # only when set, so records made before the option existed still match
+        inputs["reproject"] = True
 
     def work() -> dict:
         with stage_client() as client:
-            result = change_surveys(store, before_id, after_id, model_id, stride=stride, thresholds=cut, client=client)
-            written = write_change_maps(store, result, out_dir, truth=truth, client=client)
+            result = change_surveys(
+                store, before_id, after_id, _loadable(model, model_id), stride=stride, thresholds=cut, reproject=reproject, client=client
+            )
+            written = write_change_maps(store, result, out_dir, truth=truth, overwrite=overwrite, client=client)
         return {
             "before": before_id,
             "after": after_id,
             "model_id": model_id,
+            "grid": {"shape": list(result.grid.shape), "cell_size": float(result.grid.cell_size)},
             "counts": written["counts"],
             "metrics": written.get("metrics"),
             "files": _paths(written),
         }
 
-    return run_stage(store, "change", f"{model_id}/{before_id}..{after_id}", inputs, _files_exist, work, run_id)
+    return run_stage(
+        store, "change", f"{model_id}/{before_id}..{after_id}", inputs, _files_exist, work, run_id, force=rerun
+    )
 
 
 @task(name="synth", **RETRY)
@@ -517,40 +573,99 @@ def synth_task(
 def labels_task(
     store_root: str,
     survey_id: str,
-    truth: str,
+    truth: str | None = None,
     where: dict[str, Any] | None = None,
     stride: int = 128,
     size: int = 128,
     run_id: str | None = None,
+    *,
+    expr: str | None = None,
+    name: str = "default",
+    on_date: str | None = "survey",
+    min_cover: float = 0.2,
+    region: str | None = None,
+    crs: str | None = None,
+    min_fraction: float = 0.2,
+    min_valid: float = 0.5,
 ) -> dict:
-    """Label the tiles of ``survey_id`` from the objects in ``truth`` standing on the survey's date."""
-    from pipeline.labels import labels_from_vector, labels_path, open_labels
+    """Label the tiles of ``survey_id`` and store them as label set ``name``.
+
+    From the GeoJSON file ``truth`` (objects selected by ``where`` and ``on_date``, by default
+    those standing on the survey's date; ``min_cover``, ``region``, ``crs`` as in
+    :func:`pipeline.labels.labels_from_vector`), or from the band condition ``expr``
+    (``min_fraction`` of a tile's valid pixels; :func:`pipeline.labels.labels_from_expression`).
+    Tiles with a valid fraction below ``min_valid`` are unknown.
+    """
+    from pipeline.errors import InputError
+    from pipeline.labels import labels_from_expression, labels_from_vector, labels_path
     from pipeline.tiling import TileGrid
 
+    if (truth is None) == (expr is None):
+        raise InputError(
+            f"labels for survey {survey_id}: give either a GeoJSON file of labelled objects or a band "
+            f"expression, not {'both' if truth else 'neither'}"
+        )
     store = Store(store_root)
     survey = store.survey(survey_id)
-    inputs = {"source_sha256": survey.source_sha256, "truth_sha256": file_sha256(truth), "where": where,
-              "stride": stride, "size": size}
+    inputs: dict[str, Any] = {"source_sha256": survey.source_sha256, "stride": stride, "size": size, "name": name,
+                              "min_valid": min_valid}
+    if truth is not None:
+        inputs.update(truth_sha256=file_sha256(truth), where=where, on_date=on_date, min_cover=min_cover,
+                      region_sha256=_truth_sha(region), crs=crs)
+    else:
+        inputs.update(expr=expr, min_fraction=min_fraction)
 
     def outputs_exist(outputs: Mapping[str, Any]) -> bool:
+        # The label set may since have been replaced under the same name by other settings.
         try:
-            return open_labels(store, survey_id, stride=stride, size=size).source == outputs["source"]
+            return _labels_digest(store, survey_id, name, stride, size) == outputs.get("digest")
         except DamwatchError:
             return False
 
     def work() -> dict:
         grid = TileGrid.for_survey(survey, size=size, stride=stride)
-        labels = labels_from_vector(store, survey_id, truth, grid, where=where, on_date="survey")
+        if truth is not None:
+            labels = labels_from_vector(
+                store, survey_id, truth, grid, where=where, on_date=on_date, min_cover=min_cover,
+                region=region, crs=crs, min_valid=min_valid, name=name,
+            )
+        else:
+            with stage_client() as client:
+                labels = labels_from_expression(
+                    store, survey_id, expr, grid, min_fraction=min_fraction, min_valid=min_valid, name=name,
+                    client=client,
+                )
         return {
             "survey_id": survey_id,
-            "path": labels_path(survey_id, stride=stride, size=size),
+            "name": name,
+            "path": labels_path(survey_id, name, stride=stride, size=size),
+            "grid": list(grid.shape),
             "positive": labels.n_positive,
             "negative": labels.n_negative,
             "unknown": labels.n_unknown,
             "source": labels.source,
+            "report": _json_safe(labels.report),
+            "digest": _labels_digest(store, survey_id, name, stride, size),
         }
 
-    return run_stage(store, "labels", f"{survey_id}/size{size}_stride{stride}", inputs, outputs_exist, work, run_id)
+    return run_stage(store, "labels", f"{survey_id}/{name}/size{size}_stride{stride}", inputs, outputs_exist, work,
+                     run_id)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` as plain JSON types (NumPy scalars and arrays become numbers and lists)."""
+    import json
+
+    import numpy as np
+
+    def default(v: Any) -> Any:
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        return str(v)
+
+    return json.loads(json.dumps(value, default=default))
 
 
 def _labels_digest(store: Store, survey_id: str, labels: str, stride: int, size: int) -> str:
@@ -595,12 +710,21 @@ def train_task(
     stride: int = 128,
     size: int = 128,
     run_id: str | None = None,
+    n_shards: int | None = None,
+    batch_size: int | None = None,
+    micro_batch: int | None = None,
+    target_precision: float | None = None,
+    target_recall: float | None = None,
 ) -> dict:
     """Train a classifier data-parallel on the labelled tiles of ``survey_ids`` (see pipeline.training).
 
     ``settings``: :class:`ann.train.TrainConfig` fields (optimizer, learning_rate, max_epochs,
     patience, seed, ...); ``holdout``: :class:`pipeline.training.HoldOut` fields; ``hidden``:
-    hidden layer sizes. The weights do not depend on the number of workers, so it is not an input.
+    hidden layer sizes; ``n_shards``, ``batch_size``, ``micro_batch``: the shard plan and
+    ``target_precision`` / ``target_recall``: how the decision threshold is chosen (default:
+    :func:`pipeline.training.train_model`'s). The weights do not depend on the number of
+    workers, so it is not an input. In a cluster session of one local worker (``--workers 1``
+    and no cluster configured) it trains in this process, without Dask.
     """
     from ann.train import TrainConfig
     from pipeline.features import get_spec
@@ -620,16 +744,26 @@ def train_task(
         "stride": stride,
         "size": size,
     }
+    chosen = {
+        "n_shards": n_shards,
+        "batch_size": batch_size,
+        "micro_batch": micro_batch,
+        "target_precision": target_precision,
+        "target_recall": target_recall,
+    }
+    chosen = {k: v for k, v in chosen.items() if v is not None}
+    inputs.update(chosen)  # only when set, so records made before these options existed still match
 
     def outputs_exist(outputs: Mapping[str, Any]) -> bool:
         return (store.models_dir / f"{outputs['model_id']}.json").is_file()
 
     def work() -> dict:
-        with stage_client() as client:
-            _, model_id, report = train_model(
-                store, survey_ids, spec, labels, client=client, config=config, holdout=cut,
-                hidden=hidden, stride=stride, size=size,
-            )
+        kwargs = dict(config=config, holdout=cut, hidden=hidden, stride=stride, size=size, **chosen)
+        if _in_process():
+            _, model_id, report = train_model(store, survey_ids, spec, labels, workers=1, **kwargs)
+        else:
+            with stage_client() as client:
+                _, model_id, report = train_model(store, survey_ids, spec, labels, client=client, **kwargs)
         return {"model_id": model_id, "report": report.to_dict()}
 
     return run_stage(store, "train", "+".join(survey_ids), inputs, outputs_exist, work, run_id)

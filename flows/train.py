@@ -7,11 +7,15 @@ Labels come from a ground-truth GeoJSON (``truth``: the objects standing on each
 filtered by ``where``, e.g. ``{"class": "dam"}``) or, without ``truth``, from the label set
 ``labels`` already in the store (``damwatch labels``). The model is saved in
 ``<store>/models/<model_id>.{npz,json}``; the run summary holds the epochs, the validation and
-held-out test metrics and the seconds. Skipped when surveys, labels and settings are unchanged.
+held-out test metrics and the seconds, and ``runs/<run_id>/train-report.json`` the full training
+report (history per epoch, metrics, tile counts, region columns). Skipped when surveys, labels
+and settings are unchanged.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
 
 from prefect import flow
@@ -50,10 +54,22 @@ def train_flow(
     stride: int = 128,
     cluster: str | None = None,
     workers: int | None = None,
+    size: int = 128,
+    n_shards: int | None = None,
+    batch_size: int | None = None,
+    micro_batch: int | None = None,
+    target_precision: float | None = None,
+    target_recall: float | None = None,
+    make_features: bool = True,
 ) -> dict:
     """Train on ``surveys`` (ids); ``settings``: TrainConfig fields; ``holdout``: HoldOut fields.
 
-    ``stride``: pixels between training tiles (128-px tiles; 64 doubles the examples).
+    ``stride``: pixels between training tiles of ``size`` px (64 doubles the examples of
+    128-px tiles). ``n_shards``, ``batch_size``, ``micro_batch``: the shard plan;
+    ``target_precision`` / ``target_recall``: choose the decision threshold for that
+    validation precision / recall (defaults: :func:`pipeline.training.train_model`'s).
+    ``make_features``: compute missing features first (else they must be in the store).
+    ``workers=1`` without a cluster trains in this process.
     """
     params = dict(locals())
     st = Store(store)
@@ -61,16 +77,23 @@ def train_flow(
     root = str(st.root)
     with run.failing(), cluster_session(cluster, workers):
         for sid in surveys:
-            run.add(features_task(root, sid, spec=spec, stride=stride, run_id=run.run_id))
+            if make_features:
+                run.add(features_task(root, sid, spec=spec, stride=stride, size=size, run_id=run.run_id))
             if truth is not None:
-                run.add(labels_task(root, sid, truth, where=where, stride=stride, run_id=run.run_id))
+                run.add(labels_task(root, sid, truth, where=where, stride=stride, size=size, run_id=run.run_id))
         trained = run.add(
             train_task(root, surveys, spec=spec, labels="default" if truth else labels, settings=settings,
-                       holdout=holdout, hidden=hidden, stride=stride, run_id=run.run_id)
+                       holdout=holdout, hidden=hidden, stride=stride, size=size, run_id=run.run_id,
+                       n_shards=n_shards, batch_size=batch_size, micro_batch=micro_batch,
+                       target_precision=target_precision, target_recall=target_recall)
         )
+    report = run.dir / "train-report.json"
+    tmp = report.with_name(f".{report.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(trained["outputs"]["report"], indent=2, allow_nan=False) + "\n")
+    tmp.replace(report)
     summary = train_summary(trained["outputs"]["report"])
     return run.finish(
         {"model_id": summary["model_id"], "train": summary},
         headline=[train_headline(trained)],
-        maps={"model": str(st.models_dir / f"{summary['model_id']}.json")},
+        maps={"model": str(st.models_dir / f"{summary['model_id']}.json"), "report": str(report)},
     )

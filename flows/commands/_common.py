@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 
-__all__ = ["add_store_argument", "add_cluster_arguments", "open_store"]
+__all__ = ["add_store_argument", "add_cluster_arguments", "open_store", "prepare_flow_run", "stage_status"]
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
@@ -38,3 +38,27 @@ def open_store(args: argparse.Namespace):
     from pipeline.store import Store
 
     return Store(args.store)
+
+
+def prepare_flow_run() -> None:
+    """Set up this process to run a Prefect flow from the command line.
+
+    Without ``PREFECT_API_URL`` the flow runs on Prefect's temporary local server, which would
+    otherwise log telemetry errors offline; and bad input (a DamwatchError) reaches the user as
+    the CLI's one paragraph, not as a traceback in Prefect's log. Call it after importing the
+    flow (which configures Prefect's logging) and before calling it.
+    """
+    import os
+
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.tasks import hide_user_error_tracebacks
+
+    hide_user_error_tracebacks()
+
+
+def stage_status(summary: dict, stage: str, subject_prefix: str) -> str:
+    """``"done"`` or ``"skipped (inputs unchanged)"`` for the flow run's first ``stage`` whose subject starts so."""
+    for s in summary.get("stages", []):
+        if s["stage"] == stage and str(s.get("subject", "")).startswith(subject_prefix):
+            return "skipped: inputs unchanged" if s["status"] == "skipped" else s["status"]
+    return "?"

@@ -13,8 +13,14 @@ one threshold does not flicker (defaults --high 0.7, --low 0.3, --min-difference
   none        anything else
 
 The surveys must be of the same area, overlap, share a CRS (or pass --reproject: the grid is
-then on BEFORE's CRS) and have the bands the model needs. Written into --out (default:
-<store>/runs/change-<BEFORE>-<AFTER>-<MODEL>), all or nothing:
+then on BEFORE's CRS) and have the bands the model needs.
+
+Runs the Prefect flow `change`, so the run appears in Prefect's run history (on the server
+PREFECT_API_URL names, else on Prefect's temporary local server); its record goes to
+<store>/runs/<run_id>/. Without --out, a run whose surveys, model and settings are unchanged
+since an earlier run is skipped and points to that run's maps. An --out that already holds
+results is refused unless --overwrite. Written into --out (default: the run's
+<store>/runs/<run_id>/change/<BEFORE>..<AFTER>), all or nothing:
 
   change.tif        COG of class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata)
                     with a colour table
@@ -30,8 +36,15 @@ then on BEFORE's CRS) and have the bands the model needs. Written into --out (de
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store
+from flows.commands._common import (
+    add_cluster_arguments,
+    add_store_argument,
+    open_store,
+    prepare_flow_run,
+    stage_status,
+)
 
 NAME = "change"
 HELP = "compare two dates of one area: new, gone and persisting detections"
@@ -50,7 +63,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reproject", action="store_true",
                         help="compare surveys in different CRSs on a grid in BEFORE's CRS")
     parser.add_argument("--out", metavar="DIR", default=None,
-                        help="output directory (default: <store>/runs/change-<BEFORE>-<AFTER>-<MODEL>)")
+                        help="output directory (default: <store>/runs/<RUN_ID>/change/<BEFORE>..<AFTER>)")
     parser.add_argument("--truth", metavar="FILE", default=None, help="ground-truth GeoJSON: adds metrics.json")
     parser.add_argument("--overwrite", action="store_true", help="replace the results in an existing --out")
     add_store_argument(parser)
@@ -58,35 +71,42 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from pipeline.change import ChangeThresholds, change_surveys, check_comparable, write_change_maps
-    from pipeline.cluster import dask_client
+    from pipeline.change import ChangeThresholds, check_comparable
     from pipeline.detect import check_model_bands, resolve_model
     from pipeline.maps import read_truth, refuse_existing_results
 
     store = open_store(args)
-    # Everything a user can get wrong is checked before any work is done.
+    # Everything a user can get wrong is checked before Prefect, a cluster or any work starts.
     thresholds = ChangeThresholds(args.high, args.low, args.min_difference)
     before, after = store.survey(args.before), store.survey(args.after)
     check_comparable(before, after, args.reproject)
     classifier = resolve_model(store, args.model)
     for survey in (before, after):
         check_model_bands(classifier, survey)
-    out = Path(args.out) if args.out else store.runs_dir / f"change-{before.id}-{after.id}-{classifier.model_id}"
-    refuse_existing_results(out, args.overwrite)
+    if args.out:
+        refuse_existing_results(args.out, args.overwrite)
     if args.truth:
         read_truth(args.truth)
-    with dask_client(args.cluster, n_workers=args.workers) as client:
-        result = change_surveys(store, before.id, after.id, classifier, stride=args.stride,
-                                thresholds=thresholds, reproject=args.reproject, client=client)
-        written = write_change_maps(store, result, out, truth=args.truth, overwrite=args.overwrite, client=client)
-    counts = written["counts"]
-    print(f"change {before.id} -> {after.id} on {result.grid.shape[0]} x {result.grid.shape[1]} cells of "
-          f"{result.grid.cell_size:g} map units: {counts['new']} new, {counts['gone']} gone, "
-          f"{counts['persisting']} persisting; maps in {out}")
-    if written["metrics"] is not None:
-        for name, m in written["metrics"]["classes"].items():
+    prepare_flow_run()
+    from flows.change import change_flow
+
+    summary = change_flow(
+        before=before.id, after=after.id, model=str(args.model), store=str(store.root), stride=args.stride,
+        truth=args.truth, thresholds=thresholds.to_dict(), cluster=args.cluster, workers=args.workers,
+        reproject=args.reproject, out=args.out, overwrite=args.overwrite,
+    )
+    result = summary["change"]
+    out = Path(result["files"]["change"]).parent
+    counts = result["counts"]
+    grid = result.get("grid")  # absent from records made before it was recorded
+    cells = f" on {grid['shape'][0]} x {grid['shape'][1]} cells of {grid['cell_size']:g} map units" if grid else ""
+    status = stage_status(summary, "change", f"{result['model_id']}/{before.id}..{after.id}")
+    print(f"change {before.id} -> {after.id}{cells}: {counts['new']} new, {counts['gone']} gone, "
+          f"{counts['persisting']} persisting; maps in {out}"
+          + ("" if status == "done" else f" ({status}: the maps of an earlier run)"))
+    if result["metrics"] is not None:
+        for name, m in result["metrics"]["classes"].items():
             print(f"  {name}: " + ", ".join(
                 f"{k} {m[k]:.3f}" if m[k] is not None else f"{k} n/a" for k in ("precision", "recall", "f1", "iou")))
+    print(f"run record: {summary['run_dir']}")
     return 0

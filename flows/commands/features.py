@@ -14,6 +14,10 @@ features/<SURVEY>/<SPEC>-v<VERSION>/size<SIZE>_stride<STRIDE> with the spec and 
 with each tile's valid (non-nodata) fraction; tiles without valid pixels get NaN. Features
 already computed from the same survey file, spec and grid are reused unless --overwrite.
 
+Runs the Prefect flow `features`, so the run appears in Prefect's run history (on the server
+PREFECT_API_URL names, else on Prefect's temporary local server); its record (parameters, stages,
+provenance) goes to <store>/runs/<run_id>/.
+
   damwatch features creek-2024-06-01
   damwatch features naip-2015-09-26 --spec rgbn --stride 64 --workers 2
 """
@@ -22,7 +26,13 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store
+from flows.commands._common import (
+    add_cluster_arguments,
+    add_store_argument,
+    open_store,
+    prepare_flow_run,
+    stage_status,
+)
 
 NAME = "features"
 HELP = "tile surveys and compute per-tile features with Dask (stored in the store)"
@@ -40,25 +50,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.cluster import dask_client
-    from pipeline.features import compute_features, get_spec, spec_band_indices
+    from pipeline.features import get_spec, open_features, spec_band_indices
 
     store = open_store(args)
     spec = get_spec(args.spec)
-    for survey_id in args.surveys:  # unknown ids and missing bands fail before a cluster starts
+    for survey_id in args.surveys:  # unknown ids and missing bands fail before Prefect or a cluster starts
         spec_band_indices(spec, store.survey(survey_id).bands, f"survey {survey_id}")
-    with dask_client(args.cluster, n_workers=args.workers) as client:
-        for survey_id in args.surveys:
-            result = compute_features(
-                store, survey_id, spec, stride=args.stride, size=args.size, client=client, overwrite=args.overwrite
-            )
-            fraction = result.valid_fraction
-            grid = result.grid
-            print(
-                f"features {survey_id} ({result.status}): spec {spec.id} ({spec.n_features} features), "
-                f"{grid.n_rows} x {grid.n_cols} tiles of {grid.size} px at stride {grid.stride}, "
-                f"{int((fraction > 0).sum())} with data, {int((fraction == 0).sum())} all nodata, "
-                f"{int(((fraction > 0) & (fraction < 0.5)).sum())} under half valid "
-                f"-> {store.zarr_path / result.path}"
-            )
+    prepare_flow_run()
+    from flows.features import features_flow
+
+    summary = features_flow(
+        surveys=list(args.surveys), store=str(store.root), spec=args.spec, stride=args.stride, size=args.size,
+        cluster=args.cluster, workers=args.workers, overwrite=args.overwrite,
+    )
+    for survey_id, outcome in zip(args.surveys, summary["features"]):
+        result = open_features(store, survey_id, spec, stride=args.stride, size=args.size)
+        fraction = result.valid_fraction
+        grid = result.grid
+        status = stage_status(summary, "features", f"{survey_id}/")
+        print(
+            f"features {survey_id} ({status}): spec {spec.id} ({spec.n_features} features), "
+            f"{grid.n_rows} x {grid.n_cols} tiles of {grid.size} px at stride {grid.stride}, "
+            f"{int((fraction > 0).sum())} with data, {int((fraction == 0).sum())} all nodata, "
+            f"{int(((fraction > 0) & (fraction < 0.5)).sum())} under half valid "
+            f"-> {store.zarr_path / outcome['path']}"
+        )
+    print(f"run record: {summary['run_dir']}")
     return 0

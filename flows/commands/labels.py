@@ -17,7 +17,12 @@ values. Computed per chunk on a Dask cluster.
 Tiles with less than --min-valid (default 0.5) valid pixels are unknown. The grid is --size px
 tiles (default 128) at --stride px (default 128). Stored under
 labels/<SURVEY>/<NAME>/size<SIZE>_stride<STRIDE> (--name, default "default"), replacing earlier
-labels of that name.
+labels of that name. A run whose survey, file and settings are unchanged since the same labels
+were made, and whose stored labels are still those, is skipped and says so.
+
+Runs the Prefect flow `labels`, so the run appears in Prefect's run history (on the server
+PREFECT_API_URL names, else on Prefect's temporary local server); its record goes to
+<store>/runs/<run_id>/.
 
   damwatch labels creek-2023-06-01 --from synth/creek-truth.geojson --where class=dam --on-date survey
   damwatch labels naip-2015-09-26 --expr "ndwi > 0" --min-fraction 0.2 --name water
@@ -27,7 +32,13 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store
+from flows.commands._common import (
+    add_cluster_arguments,
+    add_store_argument,
+    open_store,
+    prepare_flow_run,
+    stage_status,
+)
 
 NAME = "labels"
 HELP = "label a survey's tiles from a GeoJSON file or a band expression (e.g. \"ndwi > 0\")"
@@ -74,37 +85,46 @@ def parse_where(items: list[str]) -> dict[str, object]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.labels import labels_from_expression, labels_from_vector
     from pipeline.tiling import TileGrid
 
     store = open_store(args)
     survey = store.survey(args.survey)
     grid = TileGrid.for_survey(survey, size=args.size, stride=args.stride)
+    where = parse_where(args.where) or None
+    # What a user can get wrong fails here, before Prefect or a cluster starts: unreadable files
+    # and expressions over bands the survey lacks (the labelling stage checks the rest).
     if args.path:
-        labels = labels_from_vector(
-            store, args.survey, args.path, grid,
-            where=parse_where(args.where) or None, on_date=args.on_date, min_cover=args.min_cover,
-            region=args.region, crs=args.crs, min_valid=args.min_valid, name=args.name,
-        )
-        r = labels.report
+        from pipeline.labels import _read_geojson
+
+        for path in filter(None, (args.path, args.region)):
+            _read_geojson(path)
+    else:
+        from pipeline.labels import parse_expression
+
+        parse_expression(args.expr, survey.bands, f"survey {args.survey}")
+    prepare_flow_run()
+    from flows.labels import labels_flow
+
+    summary = labels_flow(
+        surveys=[args.survey], store=str(store.root), truth=args.path, expr=args.expr, where=where,
+        on_date=args.on_date, min_cover=args.min_cover, region=args.region, crs=args.crs,
+        min_fraction=args.min_fraction, min_valid=args.min_valid, name=args.name, stride=args.stride,
+        size=args.size, cluster=args.cluster, workers=args.workers,
+    )
+    labels = summary["labels"][args.survey]
+    detail = ""
+    if args.path:
+        r = labels["report"]
         detail = (
             f"; {r['selected']} of {r['objects']} objects selected"
             + (f", {r['outside']} of them outside the raster" if r["outside"] else ", none outside the raster")
         )
-    else:
-        from pipeline.cluster import dask_client
-        from pipeline.labels import parse_expression
-
-        parse_expression(args.expr, survey.bands, f"survey {args.survey}")  # fail before a cluster starts
-        with dask_client(args.cluster, n_workers=args.workers) as client:
-            labels = labels_from_expression(
-                store, args.survey, args.expr, grid, min_fraction=args.min_fraction,
-                min_valid=args.min_valid, name=args.name, client=client,
-            )
-        detail = ""
+    status = stage_status(summary, "labels", f"{args.survey}/")
     print(
-        f"labels {args.survey} {args.name!r} from {labels.source}{detail}: {labels.n_positive} positive, "
-        f"{labels.n_negative} negative, {labels.n_unknown} unknown of {grid.n_rows} x {grid.n_cols} tiles "
-        f"({grid.size} px, stride {grid.stride}) -> {store.zarr_path / labels.path}"
+        f"labels {args.survey} {args.name!r} from {labels['source']}{detail}: {labels['positive']} positive, "
+        f"{labels['negative']} negative, {labels['unknown']} unknown of {grid.n_rows} x {grid.n_cols} tiles "
+        f"({grid.size} px, stride {grid.stride}) -> {store.zarr_path / labels['path']}"
+        + ("" if status == "done" else f" ({status})")
     )
+    print(f"run record: {summary['run_dir']}")
     return 0

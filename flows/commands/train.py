@@ -17,8 +17,12 @@ defaults keep Dask's exchange at about a tenth of a step (benchmarks/README.md).
 stops when the validation accuracy reaches --target-accuracy, after --patience epochs without
 improvement (keeping the best epoch), or after --epochs epochs (default 200).
 
-Prints the model id and the held-out metrics; --report FILE also writes the full report
-(history per epoch, metrics, tile counts, region columns) as JSON.
+Runs the Prefect flow `train`, so the run appears in Prefect's run history (on the server
+PREFECT_API_URL names, else on Prefect's temporary local server). A run whose surveys, labels and
+settings are unchanged since a model was trained from them is skipped and names that model.
+Prints the model id and the held-out metrics; the full report (history per epoch, metrics, tile
+counts, region columns) goes to <store>/runs/<run_id>/train-report.json, and --report FILE
+writes a copy.
 
   damwatch train --survey creek-2024-06-01
   damwatch train --survey creek-2023-06-01 --survey creek-2024-06-01 --labels dams \\
@@ -29,7 +33,13 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store
+from flows.commands._common import (
+    add_cluster_arguments,
+    add_store_argument,
+    open_store,
+    prepare_flow_run,
+    stage_status,
+)
 
 NAME = "train"
 HELP = "train a tile classifier (data-parallel on Dask), evaluate it on a held-out region, save it"
@@ -91,12 +101,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import json
     import os
+    import shutil
     from pathlib import Path
 
     from ann.train import TrainConfig
     from pipeline.errors import InputError
-    from pipeline.training import HoldOut, train_model
+    from pipeline.features import open_features
+    from pipeline.labels import open_labels
 
+    # Everything a user can get wrong is checked before Prefect or a cluster starts.
     if args.workers is not None and args.workers < 1:
         raise InputError(f"--workers must be at least 1, got {args.workers}")
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
@@ -112,31 +125,61 @@ def run(args: argparse.Namespace) -> int:
         class_weight=None if args.class_weight == "none" else args.class_weight,
         seed=args.seed,
     )
-    clf, model_id, report = train_model(
-        store, args.surveys, args.spec, args.labels,
-        workers=args.workers, cluster=args.cluster, config=config,
-        holdout=HoldOut(test_fraction=args.holdout_test, val_fraction=args.holdout_val),
-        hidden=args.hidden, n_shards=args.shards, batch_size=args.batch_size, micro_batch=args.micro_batch,
+    for survey_id in args.surveys:  # the store names what is missing and the command that makes it
+        store.survey(survey_id)
+        open_features(store, survey_id, args.spec, args.stride, args.tile_size)
+        open_labels(store, survey_id, args.labels, args.stride, args.tile_size)
+    if args.report and not Path(args.report).resolve().parent.is_dir():
+        raise InputError(f"--report {args.report}: directory {Path(args.report).parent} does not exist; create it first")
+    prepare_flow_run()
+    from flows.train import train_flow
+
+    summary = train_flow(
+        surveys=list(args.surveys), store=str(store.root), labels=args.labels, spec=args.spec,
+        settings=config.to_dict(),
+        holdout={"test_fraction": args.holdout_test, "val_fraction": args.holdout_val},
+        hidden=list(args.hidden), stride=args.stride, size=args.tile_size,
+        cluster=args.cluster, workers=args.workers,
+        n_shards=args.shards, batch_size=args.batch_size, micro_batch=args.micro_batch,
         target_precision=args.precision, target_recall=args.recall,
-        stride=args.stride, size=args.tile_size,
+        make_features=False,  # features come from `damwatch features`, checked above
     )
+    model_id = summary["model_id"]
+    report_file = Path(summary["maps"]["report"])
+    report = json.loads(report_file.read_text())
     if args.report:
         path = Path(args.report)
         tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(report.to_dict(), indent=2, allow_nan=False))
+        shutil.copyfile(report_file, tmp)
         tmp.replace(path)
-    counts = report.counts
-    best = report.history.best or {}
-    print(f"trained model {model_id} on {counts['train']['tiles']} tiles of {', '.join(report.survey_ids)} "
-          f"({report.workers} worker{'s' if report.workers != 1 else ''}, {len(report.history.epochs)} epochs, "
-          f"stopped: {report.history.stop_reason}, best epoch {report.history.best_epoch}, "
-          f"validation accuracy {best.get('val_accuracy', float('nan')):.3f})")
-    print(f"decision threshold {report.threshold:.3f} (chosen on {counts['validation']['tiles']} validation tiles)")
-    if report.test is not None:
-        t = report.test
+    counts = report["counts"]
+    history = report["history"]
+    best = history["epochs"][history["best_epoch"]] if history["best_epoch"] is not None else {}
+    val_accuracy = best.get("val_accuracy")
+    status = stage_status(summary, "train", "")
+    print(f"trained model {model_id} on {counts['train']['tiles']} tiles of {', '.join(report['survey_ids'])} "
+          f"({report['workers']} worker{'s' if report['workers'] != 1 else ''}, {len(history['epochs'])} epochs, "
+          f"stopped: {history['stop_reason']}, best epoch {history['best_epoch']}, validation accuracy "
+          + (f"{val_accuracy:.3f}" if val_accuracy is not None else "n/a") + ")"
+          + ("" if status == "done" else f" ({status}: the model of run {_from_run(summary)})"))
+    print(f"decision threshold {report['threshold']:.3f} (chosen on {counts['validation']['tiles']} validation tiles)")
+    if report["test"] is not None:
+        t = report["test"]
         print(f"held-out test region ({t['n']} tiles, {t['n_positive']} positive): "
-              + ", ".join(f"{k} {t[k]:.3f}" for k in ("accuracy", "precision", "recall", "f1", "roc_auc")))
-    for note in report.notes:
+              + ", ".join(f"{k} {t[k]:.3f}" if t[k] is not None else f"{k} n/a"
+                          for k in ("accuracy", "precision", "recall", "f1", "roc_auc")))
+    for note in report.get("notes", []):
         print(f"note: {note}")
     print(f"saved {store.models_dir / (model_id + '.json')}")
+    if args.report:
+        print(f"report: {args.report}")
+    print(f"run record: {summary['run_dir']}")
     return 0
+
+
+def _from_run(summary: dict) -> str:
+    import json
+    from pathlib import Path
+
+    provenance = json.loads((Path(summary["run_dir"]) / "provenance.json").read_text())
+    return next((s.get("from_run") for s in provenance["stages"] if s["stage"] == "train"), None) or "unknown"
