@@ -4,18 +4,32 @@
 - ``dask_client``: one real LocalCluster of two single-threaded process workers on 127.0.0.1,
   started once per test session (starting one costs a few seconds).
 - ``store``: an empty damwatch store in a temporary directory.
+- ``prefect``: Prefect's test harness (a temporary SQLite database behind a local API server,
+  several seconds to start), started once per session by the first test that asks for it;
+  yields the harness API URL. Flow tests and tests of commands that run flows use it, so no
+  test starts a temporary server of its own.
+
+Prefect gets its own home in a temporary directory (set here, before Prefect is first
+imported), so a user's profiles and database are never touched.
 """
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
 
 # Quiet, offline, and never touching a user's Prefect home or progress bars in test logs.
 os.environ.setdefault("DAMWATCH_NO_PROGRESS", "1")
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+_PREFECT_HOME = tempfile.mkdtemp(prefix="damwatch-test-prefect-")
+atexit.register(functools.partial(shutil.rmtree, _PREFECT_HOME, ignore_errors=True))
+os.environ["PREFECT_HOME"] = _PREFECT_HOME
 
 REPO = Path(__file__).resolve().parents[1]
 NAIP_DIR = Path(os.environ.get("DAMWATCH_SHARED_DATA", REPO.parent / "shared" / "data")) / "naip"
@@ -46,3 +60,13 @@ def store(tmp_path):
     from pipeline.store import Store
 
     return Store(tmp_path / "damwatch-data")
+
+
+@pytest.fixture(scope="session")
+def prefect():
+    """Prefect's test harness, started once per session; yields the harness API URL."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=60):
+        yield PREFECT_API_URL.value()

@@ -10,6 +10,7 @@ and the symmetry of change under swapping the dates.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -86,13 +87,20 @@ def test_detect_equals_numpy_on_the_whole_feature_array(naip, dask_client, monke
     assert (store.zarr_path / "predictions" / mid / sid).is_dir()
 
 
-def test_detect_command_writes_valid_maps(naip, dask_client, tmp_path, capsys):
+def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, capsys):
     from rio_cogeo.cogeo import cog_validate
 
     store, sid, mid = naip["store"], naip["ids"][0], naip["model_id"]
     out = tmp_path / "maps"
     assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--out", str(out), "--threshold", "0.5") == 0
-    assert "detection(s)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "detection(s)" in printed and f"maps in {out}" in printed
+    # The command ran the detect flow: its run record names the Prefect flow run and the --out.
+    run_dir = Path(printed.split("run record: ")[1].split()[0])
+    assert run_dir.parent == store.runs_dir
+    run = json.loads((run_dir / "provenance.json").read_text())
+    assert run["flow"] == "detect" and run["status"] == "completed" and run["prefect_flow_run_id"]
+    assert run["parameters"]["out"] == str(out) and run["parameters"]["threshold"] == 0.5
     assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "probability.tif", "provenance.json", "quicklook.png"]
     survey = store.survey(sid)
     pred = detect.open_predictions(store, mid, sid)
@@ -130,8 +138,31 @@ def test_detect_command_writes_valid_maps(naip, dask_client, tmp_path, capsys):
     assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--out", str(out)) == 2
     assert "already holds results" in _err(capsys)
     assert {p.name: maps.file_sha256(p) for p in out.iterdir()} == before
+    stamp = (out / "probability.tif").stat().st_mtime_ns
     assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--out", str(out), "--overwrite") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]  # no temporary directory left
+    # The maps a user asks for in --out are written there even when nothing else changed.
+    assert "skipped" not in capsys.readouterr().out
+    assert (out / "probability.tif").stat().st_mtime_ns != stamp
+
+
+def test_detect_command_without_out_writes_into_its_run_and_then_skips(naip, dask_client, prefect, capsys):
+    store, sid, mid = naip["store"], naip["ids"][1], naip["model_id"]
+    assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--stride", "128") == 0
+    first = capsys.readouterr().out
+    run_dir = Path(first.split("run record: ")[1].split()[0])
+    maps_dir = run_dir / "detect" / sid
+    assert f"maps in {maps_dir}" in first and (maps_dir / "probability.tif").is_file()
+    stamp = (maps_dir / "probability.tif").stat().st_mtime_ns
+
+    # Same survey, model and settings: the stage is skipped and points to the first run's maps.
+    assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--stride", "128") == 0
+    again = capsys.readouterr().out
+    assert f"maps in {maps_dir}" in again and "skipped: inputs unchanged" in again
+    second = Path(again.split("run record: ")[1].split()[0])
+    assert second != run_dir and not (second / "detect").exists()
+    assert (maps_dir / "probability.tif").stat().st_mtime_ns == stamp
+    assert json.loads((second / "summary.json").read_text())["stages"][0]["status"] == "skipped"
 
 
 def test_model_needing_a_band_the_survey_lacks_is_refused(naip, dask_client, tmp_path, capsys):
@@ -173,7 +204,7 @@ def test_change_on_real_dates_uses_one_map_grid_and_is_symmetric(naip, dask_clie
         np.testing.assert_allclose(values, maps.sample_tiles(pred.probabilities, maps.tile_edges(pred.grid), rows, cols), equal_nan=True)
 
 
-def test_change_command_outputs_and_metrics(naip, dask_client, tmp_path, capsys):
+def test_change_command_outputs_and_metrics(naip, dask_client, prefect, tmp_path, capsys):
     from rasterio.warp import transform as warp_transform
     from rio_cogeo.cogeo import cog_validate
 
@@ -271,7 +302,7 @@ def _reprojected_copy(src, dst, crs):
                 reproject(rasterio.band(ds, band), rasterio.band(out, band), resampling=Resampling.nearest)
 
 
-def test_change_across_crs_only_with_reproject(naip, dask_client, tmp_path, capsys):
+def test_change_across_crs_only_with_reproject(naip, dask_client, prefect, tmp_path, capsys):
     # The 2012 date warped from NAD83 / UTM 14N to WGS 84 / UTM 14N (the same place, ~1 m apart).
     store, (a, _), mid = naip["store"], naip["ids"], naip["model_id"]
     path = tmp_path / "wgs84.tif"

@@ -56,7 +56,7 @@ def _cli(synth, dask_client, *args):
     return main([*args, "--store", str(synth["store"].root), "--cluster", dask_client.scheduler.address])
 
 
-def test_detection_metrics_against_labels_module_and_sklearn(synth, dask_client, tmp_path):
+def test_detection_metrics_against_labels_module_and_sklearn(synth, dask_client, prefect, tmp_path):
     from sklearn.metrics import average_precision_score, precision_score, recall_score, roc_auc_score
 
     from pipeline.labels import labels_from_vector
@@ -87,7 +87,7 @@ def test_detection_metrics_against_labels_module_and_sklearn(synth, dask_client,
         assert m["n_objects"] == sum(d["context"] == ctx for d in dams)
 
 
-def test_change_metrics_count_truth_classes_from_dates(synth, dask_client, tmp_path):
+def test_change_metrics_count_truth_classes_from_dates(synth, dask_client, prefect, tmp_path):
     store, (a, b), mid = synth["store"], synth["ids"], synth["model_id"]
     out = tmp_path / "change"
     assert _cli(synth, dask_client, "change", a, b, "--model", mid, "--out", str(out), "--truth", str(synth["truth"])) == 0

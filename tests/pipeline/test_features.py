@@ -343,7 +343,7 @@ def test_missing_features_and_missing_bands_are_clear_errors(naip_store):
 
 
 @pytest.mark.naip
-def test_features_command(naip_store, dask_client, capsys):
+def test_features_command(naip_store, dask_client, prefect, capsys):
     from flows.cli import main
 
     store_dir = str(naip_store.root)

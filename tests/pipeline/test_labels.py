@@ -253,7 +253,7 @@ def test_ndwi_expression_labels_naip_ponds(tmp_path, naip_files, dask_client):
     assert stored.source == "expr:ndwi > 0 on >= 0.2 of the tile"
 
 
-def test_labels_command_from_file_and_expression(survey_store, truth_files, dask_client, capsys):
+def test_labels_command_from_file_and_expression(survey_store, truth_files, dask_client, prefect, capsys):
     from flows.cli import main
 
     store_dir = str(survey_store.root)

@@ -9,6 +9,7 @@ re-scored on the held-out tiles.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -177,7 +178,7 @@ def test_train_model_in_process_and_on_dask_agree_and_report_held_out_metrics(na
     assert len(report1.history.epochs) == 8 and report1.history.stop_reason == "max_epochs"
 
 
-def test_train_command(naip_store, tmp_path, capsys):
+def test_train_command(naip_store, tmp_path, prefect, capsys):
     store, ids = naip_store
     report_path = tmp_path / "report.json"
     common = ["--store", str(store.root), "--spec", "rgbn", "--labels", LABELS, "--tile-size", str(SIZE),
@@ -191,6 +192,14 @@ def test_train_command(naip_store, tmp_path, capsys):
     assert (store.models_dir / f"{report['model_id']}.json").is_file()
     assert len(report["history"]["epochs"]) == 3
     assert "held-out test region" in out
+    # The command ran the train flow with its options mapped onto the flow's parameters.
+    run_dir = Path(out.split("run record: ")[1].split()[0])
+    assert json.loads((run_dir / "train-report.json").read_text()) == report
+    run = json.loads((run_dir / "provenance.json").read_text())
+    assert run["flow"] == "train" and run["status"] == "completed" and run["prefect_flow_run_id"]
+    params = run["parameters"]
+    assert (params["batch_size"], params["settings"]["max_epochs"], params["size"], params["labels"]) == (512, 3, SIZE, LABELS)
+    assert report["workers"] == 1  # --workers 1: trained in this process, without Dask
 
     assert main(["train", "--survey", "prairie-1999-01-01", *common, "--workers", "1"]) == 2
     assert "prairie-1999-01-01" in capsys.readouterr().err
