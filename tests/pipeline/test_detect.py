@@ -312,6 +312,10 @@ def test_change_across_crs_only_with_reproject(naip, dask_client, prefect, tmp_p
     assert _cli(naip, dask_client, "change", a, other, "--model", mid, "--out", str(out)) == 2
     assert "--reproject" in _err(capsys) and not out.exists()
     assert _cli(naip, dask_client, "change", a, other, "--model", mid, "--out", str(out), "--reproject") == 0
+    printed = capsys.readouterr().out
+    assert f"maps in {out}" in printed
+    run = json.loads((Path(printed.split("run record: ")[1].split()[0]) / "provenance.json").read_text())
+    assert run["flow"] == "change" and run["parameters"]["reproject"] is True and run["stages"][0]["inputs"]["reproject"]
     with rasterio.open(out / "change.tif") as ds:
         assert ds.crs == store.survey(a).crs  # the grid is on BEFORE's CRS
     result = change.change_surveys(store, a, other, mid, reproject=True, client=dask_client)
