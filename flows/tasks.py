@@ -300,7 +300,7 @@ def ingest_task(
 
     def work() -> dict:
         with stage_client() as client:
-            result = ingest(path, area, date, store, bands=bands, overwrite=overwrite, client=client)
+            result = ingest(path, area, date, store, bands=bands, overwrite=overwrite, client=client, sha256=sha)
         return {**facts(result.survey), "status": result.status}
 
     def existing() -> dict | None:

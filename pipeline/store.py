@@ -64,6 +64,7 @@ __all__ = [
     "check_area",
     "file_sha256",
     "move_into_place",
+    "check_input",
 ]
 
 STORE_ENV = "DAMWATCH_STORE"
@@ -466,6 +467,11 @@ def _inspect(path: Path, bands: Sequence[str] | None) -> _Source:
         ) from None
 
 
+def check_input(path: str | os.PathLike, bands: Sequence[str] | None = None) -> None:
+    """Raise :class:`InputError` if ``path`` cannot be ingested (reads the header only)."""
+    _inspect(Path(path), bands)
+
+
 def _chunk_edge(source: _Source, requested: int) -> int:
     """The Zarr chunk edge: a multiple of the tile edge, never larger than the raster needs."""
     if requested % TILE_EDGE:
@@ -502,32 +508,25 @@ def _valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
     return valid
 
 
-def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: tuple[int, int, int, int]) -> int:
-    """Read one window of the GeoTIFF and write it into the staging group; return valid pixels.
+def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: tuple[int, int, int, int]) -> int | str:
+    """Read one window of the GeoTIFF and write it into the staging group.
 
-    Runs on a worker: opens the file and the Zarr arrays by path (handles cannot be pickled).
+    Returns the number of valid pixels, or, when the file cannot be read there, a sentence
+    saying where and why: a corrupt file is an expected outcome, not a task failure, so it is
+    reported to the driver (which raises it as a user error) rather than logged as a crash by
+    the worker. Runs on a worker: opens the file and the Zarr arrays by path.
     """
     import rasterio
     import zarr
+    from rasterio.errors import RasterioError
     from rasterio.windows import Window
 
-    from rasterio.errors import RasterioError
-
     r0, r1, c0, c1 = strip
-    problem = None
     try:
         with rasterio.open(source_path) as ds:
             pixels = ds.read(window=Window(c0, r0, c1 - c0, r1 - r0))  # (band, h, w)
     except RasterioError as exc:
-        problem = str(exc)
-    if problem is not None:
-        # Raised outside the except block, with no chained GDAL exception (which does not
-        # pickle), so that it reaches the driver intact as a user-facing error.
-        raise InputError(
-            f"input {Path(source_path).name} could not be read to the end (rows {r0}-{r1}, "
-            f"columns {c0}-{c1}: {problem}); the file is truncated or corrupt: copy it again "
-            f"from its source. Nothing was written to the store"
-        )
+        return f"rows {r0}-{r1}, columns {c0}-{c1}: {exc}"
     valid = _valid_mask(pixels, nodata)
     group = zarr.open_group(group_path, mode="r+")
     group["image"][:, r0:r1, c0:c1] = pixels
@@ -703,13 +702,23 @@ def _run_copy(source: _Source, staging: Path, strips, client, desc: str) -> None
     from pipeline.progress import progress_bar, wait_with_progress
 
     if client is None:
+        results = []
         with progress_bar(len(strips), desc, unit="strip") as bar:
             for strip in strips:
-                _copy_strip(source.path, str(staging), source.nodata, strip)
+                results.append(_copy_strip(source.path, str(staging), source.nodata, strip))
                 bar.update(1)
+                if isinstance(results[-1], str):
+                    break
     else:
         futures = [
             client.submit(_copy_strip, source.path, str(staging), source.nodata, strip, pure=False)
             for strip in strips
         ]
-        wait_with_progress(futures, desc, unit="strip")
+        results = wait_with_progress(futures, desc, unit="strip")
+    problems = [r for r in results if isinstance(r, str)]
+    if problems:
+        raise InputError(
+            f"input {Path(source.path).name} could not be read to the end ({problems[0]}); the "
+            f"file is truncated or corrupt: copy it again from its source. Nothing was written "
+            f"to the store"
+        )

@@ -44,26 +44,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.cluster import dask_client
-    from pipeline.store import ingest
+    import os
 
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from pathlib import Path
+
+    from flows.ingest import ingest_flow
+    from flows.tasks import hide_user_error_tracebacks
+    from pipeline.store import check_input, survey_id_for
+
+    # Everything a user can get wrong in the arguments is checked before Prefect starts.
     store = open_store(args)
+    survey_id = survey_id_for(args.area, args.date)
     bands = args.bands.split(",") if args.bands else None
-    with dask_client(args.cluster, n_workers=args.workers) as client:
-        result = ingest(
-            args.path, args.area, args.date, store, bands=bands, overwrite=args.overwrite, client=client
-        )
-    print(describe_ingest(result, store))
+    check_input(Path(args.path), bands)
+    hide_user_error_tracebacks()
+    summary = ingest_flow(
+        path=args.path, area=args.area, date=args.date, store=args.store, bands=bands,
+        overwrite=args.overwrite, cluster=args.cluster, workers=args.workers,
+    )
+    skipped = all(stage["status"] == "skipped" for stage in summary["stages"])
+    status = "unchanged" if skipped else summary["ingest"]["status"]
+    print(describe_ingest(store.survey(survey_id), status, store))
+    print(f"run record: {summary['run_dir']}")
     return 0
 
 
-def describe_ingest(result, store) -> str:
-    s = result.survey
-    if result.status == "unchanged":
-        return f"survey {s.id} already holds {s.source_name} (same sha256): nothing to do"
-    verb = "replaced" if result.status == "replaced" else "ingested"
+def describe_ingest(survey, status: str, store) -> str:
+    if status == "unchanged":
+        return f"survey {survey.id} already holds {survey.source_name} (same sha256): nothing to do"
+    verb = "replaced" if status == "replaced" else "ingested"
+    info = survey.summary()
     return (
-        f"{verb} {s.source_name} as survey {s.id} in {store.root}: {s.width} x {s.height} px, "
-        f"{len(s.bands)} band(s) ({', '.join(s.bands)}), {s.dtype}, {s.summary()['crs']}, "
-        f"pixel {s.res[0]:g} x {s.res[1]:g} {s.summary()['units']}"
+        f"{verb} {survey.source_name} as survey {survey.id} in {store.root}: {survey.width} x "
+        f"{survey.height} px, {len(survey.bands)} band(s) ({', '.join(survey.bands)}), "
+        f"{survey.dtype}, {info['crs']}, pixel {survey.res[0]:g} x {survey.res[1]:g} {info['units']}"
     )

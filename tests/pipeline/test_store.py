@@ -173,7 +173,7 @@ def test_task_strips_cover_the_raster_once():
 # --- re-ingest, overwrite ---------------------------------------------------------------------
 
 
-def test_reingest_same_file_is_a_noop_and_other_file_is_refused(tmp_path, capsys):
+def test_reingest_same_file_is_a_noop_and_other_file_is_refused(tmp_path, capsys, prefect):
     store_dir = tmp_path / "s"
     a = write_raster(tmp_path / "a.tif", np.full((1, 64, 64), 5, np.uint8))
     b = write_raster(tmp_path / "b.tif", np.full((1, 64, 64), 9, np.uint8))
@@ -181,7 +181,8 @@ def test_reingest_same_file_is_a_noop_and_other_file_is_refused(tmp_path, capsys
     assert main(["ingest", str(a), *args]) == 0
     before = (store_dir / "store.zarr/surveys/creek-2024-06-01/zarr.json").read_text()
     assert main(["ingest", str(a), *args]) == 0
-    assert "nothing to do" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "run record:" in out
     assert main(["ingest", str(b), *args]) == 2
     err = " ".join(capsys.readouterr().err.split())
     assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
@@ -190,6 +191,27 @@ def test_reingest_same_file_is_a_noop_and_other_file_is_refused(tmp_path, capsys
     survey = Store(store_dir).survey("creek-2024-06-01")
     assert survey.source_name == "b.tif" and int(survey.image()[0, 0, 0]) == 9
     assert list((store_dir / ".staging").iterdir()) == []
+
+
+def test_ingest_command_runs_show_in_prefect_history(tmp_path, capsys, prefect):
+    """The command line runs the ingest flow, so the run is in Prefect's history."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+
+    path = write_raster(tmp_path / "a.tif", np.full((1, 64, 64), 5, np.uint8))
+    assert main(["ingest", str(path), "--area", "hist", "--date", "2024-06-01", "--store", str(tmp_path / "s"),
+                 "--workers", "1"]) == 0
+    run_dir = Path(capsys.readouterr().out.split("run record:")[1].strip())
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+
+    async def read_run(run_id):
+        async with get_client() as client:
+            return await client.read_flow_run(run_id)
+
+    flow_run = asyncio.run(read_run(provenance["prefect_flow_run_id"]))
+    assert flow_run.state.is_completed()
+    assert flow_run.parameters["area"] == "hist" and flow_run.parameters["path"] == str(path)
 
 
 # --- bad input: clear error, exit 2, store untouched ------------------------------------------
@@ -224,7 +246,6 @@ BAD_INPUTS = [
     # (case, make the input, extra args, words the message must contain)
     ("missing path", lambda t: t / "nope.tif", [], "does not exist"),
     ("not a raster", _text_file, [], "not a raster"),
-    ("truncated GeoTIFF", _truncated_tiff, [], "truncated or corrupt"),
     ("no CRS", _no_crs, [], "no coordinate reference system"),
     ("no transform", _no_transform, [], "no georeferencing transform"),
 ]
@@ -232,6 +253,7 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize("case,make,extra,words", BAD_INPUTS, ids=[c[0] for c in BAD_INPUTS])
 def test_bad_input_is_refused_and_store_untouched(case, make, extra, words, tmp_path, capsys):
+    # All found before Prefect starts: no flow run, no run record.
     store_dir = tmp_path / "s"
     path = make(tmp_path)
     code = main(["ingest", str(path), "--area", "creek", "--date", "2024-06-01", "--store", str(store_dir),
@@ -242,6 +264,27 @@ def test_bad_input_is_refused_and_store_untouched(case, make, extra, words, tmp_
     assert Store(store_dir).survey_ids() == []
     staging = store_dir / ".staging"
     assert not staging.exists() or list(staging.iterdir()) == []
+
+
+def test_truncated_geotiff_fails_inside_the_flow_cleanly(tmp_path, prefect):
+    """Found only when the workers read past the end: as a user meets it, in a process of its own."""
+    import os
+    import subprocess
+    import sys
+
+    store_dir = tmp_path / "s"
+    bad = _truncated_tiff(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", str(bad), "--area", "creek", "--date", "2024-06-01",
+         "--store", str(store_dir), "--workers", "1"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "PREFECT_API_URL": prefect},
+    )
+    err = " ".join(done.stderr.split())
+    assert done.returncode == 2, done.stderr
+    assert "damwatch ingest: error:" in err and "truncated or corrupt" in err
+    assert "Traceback" not in done.stderr
+    assert Store(store_dir).survey_ids() == []
+    assert list((store_dir / ".staging").iterdir()) == []
 
 
 @pytest.mark.parametrize(
@@ -271,7 +314,7 @@ def test_store_path_that_is_a_file(tmp_path, capsys):
         Store(not_a_dir)
 
 
-def test_surveys_lists_id_size_bands_crs_and_pixel_size(tmp_path, capsys):
+def test_surveys_lists_id_size_bands_crs_and_pixel_size(tmp_path, capsys, prefect):
     store_dir = tmp_path / "s"
     for date in ("2024-06-01", "2023-06-01"):
         path = write_raster(tmp_path / f"{date}.tif", np.ones((3, 40, 50), np.uint8), descriptions=["red", "green", "blue"])
