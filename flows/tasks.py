@@ -393,16 +393,7 @@ def resolve_model_id(store: Store, model: str) -> str:
     ``"latest"`` is the most recently saved model in ``<store>/models`` (by file time).
     """
     from pipeline.detect import resolve_model
-    from pipeline.errors import InputError
 
-    if model == "latest":
-        saved = sorted(store.models_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if store.models_dir.is_dir() else []
-        if not saved:
-            raise InputError(
-                f"model 'latest' asked for, but the store at {store.root} holds no model yet; train one "
-                f"with `damwatch train` or give --model ID"
-            )
-        model = saved[-1].stem
     return str(resolve_model(store, model).model_id)
 
 

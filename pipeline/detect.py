@@ -87,12 +87,22 @@ def predictions_path(model_id: str, survey_id: str) -> str:
 
 
 def resolve_model(store: Any, model: Any) -> Any:
-    """A :class:`ann.io.Classifier` from a Classifier, a model id in the store, or a model file path."""
+    """A :class:`ann.io.Classifier` from a Classifier, a model id in the store, a model file
+    path, or ``"latest"``: the model saved most recently in ``<store>/models`` (by file time)."""
     from ann.io import Classifier, load_model
 
     if isinstance(model, Classifier):
         return model
     text = str(model)
+    if text == "latest":
+        models_dir = Path(store.models_dir)
+        saved = sorted(models_dir.glob("*.json"), key=lambda p: p.stat().st_mtime) if models_dir.is_dir() else []
+        if not saved:
+            raise InputError(
+                f"model 'latest' asked for, but the store at {store.root} holds no model yet; train "
+                f"one with `damwatch train` or give --model ID"
+            )
+        text = saved[-1].stem
     path = Path(text) if text.endswith((".json", ".npz")) else Path(store.models_dir) / f"{text}.json"
     if path.is_file():
         return load_model(path)  # ModelFileError names what is wrong with a damaged file

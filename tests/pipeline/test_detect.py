@@ -366,3 +366,27 @@ def test_unknown_model_is_refused_naming_the_known_ones(naip, dask_client, tmp_p
     err = _err(capsys)
     assert "nosuchmodel" in err and naip["model_id"] in err
     assert not out.exists()
+
+
+def test_latest_model_is_the_most_recently_saved(tmp_path):
+    """`--model latest` names the newest model file; an empty store says how to get one."""
+    import os
+
+    from ann.io import Classifier, save_model
+    from ann.network import MLP
+    from ann.standardize import Standardizer
+    from pipeline.detect import resolve_model
+
+    store = Store(tmp_path / "s")
+    with pytest.raises(InputError, match="holds no model yet"):
+        resolve_model(store, "latest")
+    spec = get_spec("default")
+    ids = []
+    for seed in (0, 1):
+        net = MLP(spec.n_features, hidden=(4,), seed=seed)
+        standardizer = Standardizer(np.zeros(spec.n_features), np.ones(spec.n_features))
+        ids.append(save_model(Classifier(net, standardizer, spec.to_dict(), 0.5, {"tile_size": 128}), store.models_dir))
+    # The first model saved is made the newer one on disk: "latest" follows file time, not ids.
+    newest = store.models_dir / f"{ids[0]}.json"
+    os.utime(newest, (newest.stat().st_atime, newest.stat().st_mtime + 60))
+    assert resolve_model(store, "latest").model_id == ids[0]
