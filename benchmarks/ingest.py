@@ -109,18 +109,20 @@ def measure_peak(tif: Path, store_dir: Path, limit: int) -> int:
     )
     script = store_dir.parent / "measure_memory.py"
     script.write_text(code)
-    with TreeSampler() as sampler:
-        subprocess.run([sys.executable, str(script)], check=True)
+    child = subprocess.Popen([sys.executable, str(script)], cwd=store_dir.parent)
+    with TreeSampler(child.pid) as sampler:
+        if child.wait() != 0:
+            raise RuntimeError(f"the memory run failed with exit code {child.returncode}")
     return sampler.peak
 
 
 class TreeSampler:
-    """Peak of the summed RSS of this process and all its descendants, sampled every 50 ms."""
+    """Peak of the summed RSS of process ``pid`` and all its descendants, sampled every 50 ms."""
 
-    def __init__(self):
+    def __init__(self, pid: int):
         import psutil
 
-        self.root = psutil.Process()
+        self.root = psutil.Process(pid)
         self.peak = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -130,7 +132,11 @@ class TreeSampler:
 
         while not self._stop.is_set():
             total = 0
-            for p in [self.root, *self.root.children(recursive=True)]:
+            try:
+                tree = [self.root, *self.root.children(recursive=True)]
+            except psutil.Error:  # the child has exited
+                break
+            for p in tree:
                 try:
                     total += p.memory_info().rss
                 except psutil.Error:
