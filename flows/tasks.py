@@ -734,6 +734,9 @@ def train_task(
         "hidden": hidden,
         "stride": stride,
         "size": size,
+        # Training tiles augmented by the 8 symmetries of the square (train_model's default):
+        # a model trained before augmentation existed is not reused for it.
+        "symmetries": True,
     }
     chosen = {
         "n_shards": n_shards,

@@ -9,12 +9,13 @@ then runs the whole pipeline as a Prefect flow:
 Everything lands in --out (default ./damwatch-demo, itself a damwatch store): the synthetic
 GeoTIFFs and quicklooks in synth/, the model in models/, and runs/<run_id>/ with probability
 COGs, detection GeoJSON, change maps, PNG quicklooks, metrics against the truth and
-summary.json. It prints where to look. At the default size (4096 px, about 40 dams) it takes
-a few minutes on 2 cores; --size 8192 shows four times the area. Running it again with the same
-settings skips every stage whose inputs are unchanged.
+summary.json. It prints where to look. At the default size (6144 px, about 6 x 6 km with some
+90 dams) it takes about two minutes on 2 cores; --size 4096 is quicker, --size 12288 shows four
+times the area. Running it again with the same settings skips every stage whose inputs are
+unchanged.
 
   damwatch demo
-  damwatch demo --size 8192 --seed 3 --out /tmp/bigger-demo
+  damwatch demo --size 12288 --seed 3 --out /tmp/bigger-demo
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ ORDER = 1
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=None, metavar="PX",
-                        help="edge of the synthetic area in pixels of 1 m (default: 4096)")
+                        help="edge of the synthetic area in pixels of 1 m (default: 6144)")
     parser.add_argument("--seed", type=int, default=7, help="scene seed (default: 7)")
     parser.add_argument("--out", metavar="DIR", default="damwatch-demo",
                         help="where everything goes, a damwatch store (default: ./damwatch-demo)")
