@@ -62,6 +62,7 @@ from typing import Any
 import numpy as np
 
 from pipeline.errors import InputError, StoreError
+from pipeline.store import move_into_place
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
 __all__ = [
@@ -754,13 +755,7 @@ def compute_features(
                 "complete": True,  # written last: a group without it is an interrupted run
             }
         )
-        if final_dir.exists():
-            trash = final_dir.with_name(f".trash-{final_dir.name}-{uuid.uuid4().hex[:8]}")
-            final_dir.rename(trash)
-            tmp_dir.rename(final_dir)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp_dir.rename(final_dir)
+        move_into_place(tmp_dir, final_dir)
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
