@@ -40,16 +40,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    from flows.commands._common import prepare_flow_run
     from flows.demo import DEFAULT_SIZE, demo_flow
-    from flows.tasks import hide_user_error_tracebacks
     from pipeline.errors import InputError
 
     size = args.size or DEFAULT_SIZE
     if size < 1024:
         raise InputError(f"--size {size} is too small for a scene with streams and dams; give at least 1024 px")
-    hide_user_error_tracebacks()
+    prepare_flow_run()
     demo_flow(out=args.out, size=size, seed=args.seed, workers=args.workers, cluster=args.cluster)
     return 0

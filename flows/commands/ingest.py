@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store
+from flows.commands._common import add_cluster_arguments, add_store_argument, open_store, prepare_flow_run
 
 NAME = "ingest"
 HELP = "ingest a GeoTIFF into the store as a georeferenced Zarr survey"
@@ -44,13 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from pathlib import Path
 
     from flows.ingest import ingest_flow
-    from flows.tasks import hide_user_error_tracebacks
     from pipeline.store import check_input, survey_id_for
 
     # Everything a user can get wrong in the arguments is checked before Prefect starts.
@@ -58,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     survey_id = survey_id_for(args.area, args.date)
     bands = args.bands.split(",") if args.bands else None
     check_input(Path(args.path), bands)
-    hide_user_error_tracebacks()
+    prepare_flow_run()
     summary = ingest_flow(
         path=args.path, area=args.area, date=args.date, store=args.store, bands=bands,
         overwrite=args.overwrite, cluster=args.cluster, workers=args.workers,

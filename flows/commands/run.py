@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument
+from flows.commands._common import add_cluster_arguments, add_store_argument, prepare_flow_run
 
 NAME = "run"
 HELP = "run the pipeline on a new survey: ingest, features, detect, change (a Prefect flow)"
@@ -44,13 +44,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.survey_pipeline import survey_pipeline
-    from flows.tasks import hide_user_error_tracebacks
 
-    hide_user_error_tracebacks()
+    prepare_flow_run()
 
     summary = survey_pipeline(
         path=args.path,
