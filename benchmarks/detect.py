@@ -77,7 +77,7 @@ def train_model(store, client):
     from ann.standardize import Standardizer
     from ann.train import InMemorySource, TrainConfig, fit
     from pipeline.features import compute_features, get_spec
-    from pipeline.store import ingest
+    from pipeline.ingest import ingest
 
     sid = ingest(NAIP, "naip", "2009-08-18", store, bands=RGBN, client=client).survey.id
     spec = get_spec("rgbn")
@@ -125,8 +125,9 @@ def main() -> None:
     from pipeline.cluster import dask_client
     from pipeline.detect import detect_survey
     from pipeline.features import compute_features
-    from pipeline.maps import write_detection_maps
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.results import write_detection_maps
+    from pipeline.store import Store
 
     scratch = Path(args.scratch or tempfile.mkdtemp(prefix="damwatch-bench-detect-"))
     scratch.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,8 @@ def main() -> None:
 
     from pipeline.cluster import dask_client
     from pipeline.features import block_features, compute_features, get_spec, spec_band_indices
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
     from pipeline.tiling import TileGrid
 
     OUT.mkdir(parents=True, exist_ok=True)

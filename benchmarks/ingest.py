@@ -102,7 +102,7 @@ def measure_peak(tif: Path, store_dir: Path, limit: int) -> int:
     # Self-contained: this folder is kept off sys.path (benchmarks/ann.py would shadow ann/).
     code = (
         "from pipeline.cluster import dask_client\n"
-        "from pipeline.store import Store, ingest\n"
+        "from pipeline.ingest import ingest\nfrom pipeline.store import Store\n"
         "if __name__ == '__main__':\n"
         f"    with dask_client(n_workers=1, threads_per_worker=1, memory_limit={limit}) as client:\n"
         f"        ingest({str(tif)!r}, 'bench', '2024-06-01', Store({str(store_dir)!r}), client=client)\n"
@@ -163,7 +163,8 @@ def main() -> None:
     import rasterio
 
     from pipeline.cluster import dask_client
-    from pipeline.store import DEFAULT_CHUNK_EDGE, Store, ingest
+    from pipeline.ingest import DEFAULT_CHUNK_EDGE, ingest
+    from pipeline.store import Store
 
     OUT.mkdir(exist_ok=True)
     tif = make_geotiff(OUT / f"ingest-{args.gib:g}gib.tif", args.gib)

@@ -17,10 +17,20 @@ its parallel work on Dask. The flows, one per module:
 ``demo``            everything on a synthetic area, scored against its truth (:mod:`flows.demo`)
 ==================  =====================================================================
 
-Shared machinery: :mod:`flows.tasks` (the stage tasks, their retry policy and the Dask cluster
-session), :mod:`flows.resume` (skipping stages whose inputs are unchanged), :mod:`flows.runs`
-(``runs/<run_id>/`` and the Prefect artifacts), :mod:`flows.inbox` (the watch flow's inbox and
-claims) and :mod:`flows.deployments` (schedules for ``damwatch serve``). The ``damwatch``
-commands that do work (features, labels, train, detect, change, run, demo, serve) call these
-flows, so every command-line run is in Prefect's run history.
+Shared machinery, one concept per module:
+
+==================  =====================================================================
+``tasks``           one Prefect task per stage, each with its retry policy
+``session``         the Dask client shared by a flow run's stages
+``resume``          skipping a stage whose inputs are unchanged (the stage ledger)
+``failures``        which failures are retried; user errors shown without traceback
+``runs``            ``runs/<run_id>/`` and the Prefect artifacts of a run
+``headlines``       one-line summaries of stage outcomes
+``inbox``           the watch flow's inbox, ledger and claims
+``deployments``     schedules for ``damwatch serve``
+``cli``             the ``damwatch`` command line (``commands/``: one module per command)
+==================  =====================================================================
+
+The ``damwatch`` commands that do work call these flows, so every command-line run is in
+Prefect's run history. Data flows one way: flows → pipeline → ann.
 """

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.headlines import change_headline
 from flows.runs import RunRecord
-from flows.survey_pipeline import change_headline
-from flows.tasks import change_task, cluster_session, model_reference, resolve_model_id
+from flows.session import cluster_session
+from flows.tasks import change_task, model_reference, resolve_model_id
 from pipeline.store import Store
 
 __all__ = ["change_flow"]
@@ -41,12 +42,8 @@ def change_flow(
     ``reproject``: compare surveys in different CRSs on a grid in ``before``'s CRS. ``out``: the
     output directory (default: the run's own); ``overwrite``: replace results already there.
     """
-    from pipeline.maps import refuse_existing_results
-
     params = dict(locals())
     st = Store(store)
-    if out:  # before any work, and before a run directory is made
-        refuse_existing_results(out, overwrite)
     run = RunRecord(st, "change", params)
     with run.failing(), cluster_session(cluster, workers):
         model_id = resolve_model_id(st, model)

@@ -15,11 +15,10 @@ import sys
 import textwrap
 from collections.abc import Sequence
 
+import flows.commands
 from ann.errors import AnnError
 from pipeline import __version__
 from pipeline.errors import DamwatchError
-
-import flows.commands
 
 __all__ = ["main", "build_parser"]
 

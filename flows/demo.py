@@ -25,35 +25,28 @@ stage whose inputs are unchanged.
 
 from __future__ import annotations
 
-import json
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from prefect import flow, get_run_logger
 
+from flows.headlines import change_headline, detection_headline, train_headline, train_summary
 from flows.runs import RunRecord, top_detections
-from flows.survey_pipeline import change_headline, detection_headline
-from flows.tasks import (
-    change_task,
-    cluster_session,
-    detect_task,
-    features_task,
-    ingest_task,
-    labels_task,
-    synth_task,
-    train_summary,
-    train_task,
-)
-from flows.train import train_headline
+from flows.session import cluster_session
+from flows.tasks import change_task, detect_task, features_task, ingest_task, labels_task, synth_task, train_task
+from pipeline.detect import open_predictions
+from pipeline.evaluate import detection_metrics, read_truth
+from pipeline.files import write_json
 from pipeline.store import Store
+from pipeline.tiling import DETECTION_STRIDE, TileGrid
+from pipeline.training import TrainingSettings
 
 __all__ = [
     "demo_flow",
     "DEFAULT_SIZE",
-    "DEFAULT_SPEC",
     "DEFAULT_TRAINING",
-    "DEFAULT_HIDDEN",
     "change_thresholds",
     "heldout_bounds",
     "heldout_metrics",
@@ -62,27 +55,42 @@ __all__ = [
 #: px of 1 m: ~90 dams, ~2 min on 2 cores. At 4096 (~40 dams) the training band holds ~20 dams
 #: and the test band ~8: too few to learn from, and held-out figures that swing with each dam.
 DEFAULT_SIZE = 6144
-#: The synthetic surveys have a near-infrared band: the spec with NDVI/NDWI sees water, which
-#: the visible-only "default" spec does not (held-out ROC AUC ~0.9 against ~0.7 at size 4096).
-DEFAULT_SPEC = "rgbn"
-#: Training settings of the demo (ann.train.TrainConfig fields). Dams are rare, so early
-#: stopping watches validation average precision (accuracy would reward never detecting), and
-#: classes are not reweighted, which keeps probabilities near calibrated for the change
-#: thresholds; the decision threshold is then chosen for the best validation F1. Chosen on the
-#: validation band at 6144 px, seed 7 (never the test band): with the 8 tile symmetries the
-#: full-batch steps keep improving past 100 epochs (best epoch ~100-130), and weight decay
-#: 3e-3 beat 1e-4 / 1e-3 / 1e-2 (validation AP 0.44 against 0.39 / 0.41 / 0.40).
+#: The demo's training settings (:class:`pipeline.training.TrainingSettings`), chosen on the
+#: validation band at 6144 px, seed 7 (never the test band).
 DEFAULT_TRAINING: dict[str, Any] = {
-    "optimizer": "adam",
-    "learning_rate": 3e-3,
-    "l2": 3e-3,
-    "max_epochs": 300,
-    "patience": 40,
-    "metric": "average_precision",
-    "class_weight": None,
-    "seed": 0,
+    # The synthetic surveys have a near-infrared band: the spec with NDVI/NDWI sees water, which
+    # the visible-only "default" spec does not (held-out ROC AUC ~0.9 against ~0.7 at 4096 px).
+    "spec": "rgbn",
+    # Overlapping tiles give each dam several training tiles. 32 (four times the tiles, 2.5 ×
+    # the training time) scored no better on the validation band at 6144 px.
+    "stride": 64,
+    "hidden": [64, 32],
+    # Dams are rare, so early stopping watches validation average precision (accuracy would
+    # reward never detecting), and classes are not reweighted, which keeps probabilities near
+    # calibrated for the change thresholds; the decision threshold is then chosen for the best
+    # validation F1. With the 8 tile symmetries the full-batch steps keep improving past 100
+    # epochs (best epoch ~100-130), and weight decay 3e-3 beat 1e-4 / 1e-3 / 1e-2 (validation AP
+    # 0.44 against 0.39 / 0.41 / 0.40).
+    "config": {
+        "optimizer": "adam",
+        "learning_rate": 3e-3,
+        "l2": 3e-3,
+        "max_epochs": 300,
+        "patience": 40,
+        "metric": "average_precision",
+        "class_weight": None,
+        "seed": 0,
+    },
 }
-DEFAULT_HIDDEN = [64, 32]
+
+
+def training_settings(overrides: dict[str, Any] | None = None) -> TrainingSettings:
+    """:data:`DEFAULT_TRAINING` with ``overrides`` (top-level keys replace; ``config`` merges)."""
+    overrides = dict(overrides or {})
+    config = {**DEFAULT_TRAINING["config"], **overrides.pop("config", {})}
+    return TrainingSettings.from_dict({**DEFAULT_TRAINING, **overrides, "config": config})
+
+
 def change_thresholds(model_threshold: float) -> dict[str, float]:
     """Change hysteresis relative to the model's decision threshold ``t``: high t, low t/2, rise t/2.
 
@@ -94,16 +102,8 @@ def change_thresholds(model_threshold: float) -> dict[str, float]:
     return {"high": t, "low": t / 2, "min_difference": t / 2}
 
 
-#: px: overlapping tiles give each dam several training tiles. 32 (four times the tiles, 2.5 ×
-#: the training time) scored no better on the validation band at 6144 px.
-TRAINING_STRIDE = 64
-DETECTION_STRIDE = 64  # px: half a tile
-
-
 def heldout_bounds(store: Store, survey_id: str, columns: dict[str, list[int]], size: int, stride: int) -> tuple[float, float]:
     """West and east edges (map units) of the test band ``columns["test"]`` of the training grid."""
-    from pipeline.tiling import TileGrid
-
     grid = TileGrid.for_survey(store.survey(survey_id), size=size, stride=stride)
     c0, c1 = columns["test"]
     bounds = grid.bounds_array()  # (n_rows, n_cols, 4): left, bottom, right, top
@@ -116,9 +116,6 @@ def heldout_metrics(store: Store, model_id: str, survey_id: str, truth: str, wes
     The band is given in map coordinates, so it is the same ground on both dates even though
     their pixel grids differ. Tiles outside it count as unscored (left out).
     """
-    from pipeline.detect import open_predictions
-    from pipeline.maps import detection_metrics, read_truth
-
     predictions = open_predictions(store, model_id, survey_id)
     bounds = predictions.grid.bounds_array()
     west, east = west_east
@@ -137,19 +134,14 @@ def demo_flow(
     workers: int | None = None,
     area: str = "creek",
     dates: list[str] | None = None,
-    spec: str = DEFAULT_SPEC,
     training: dict[str, Any] | None = None,
-    hidden: list[int] | None = None,
     cluster: str | None = None,
-    training_stride: int = TRAINING_STRIDE,
 ) -> dict:
     """Run damwatch end to end on a synthetic ``size``-px area; outputs and the score land in ``out``.
 
-    ``workers``: Dask LocalCluster processes (default: one per core); ``spec``: feature spec
-    (default :data:`DEFAULT_SPEC`); ``training``: overrides
-    of :data:`DEFAULT_TRAINING`; ``hidden``: hidden layer sizes (default :data:`DEFAULT_HIDDEN`);
-    ``training_stride``: px between training tiles (default :data:`TRAINING_STRIDE`; detection
-    always uses :data:`DETECTION_STRIDE`).
+    ``workers``: Dask LocalCluster processes (default: one per core); ``training``: overrides of
+    :data:`DEFAULT_TRAINING` (top-level keys replace, ``config`` keys merge). Detection always
+    uses the detection stride of :mod:`pipeline.tiling`.
     """
     params = dict(locals())
     logger = get_run_logger()
@@ -158,7 +150,7 @@ def demo_flow(
     st.ensure()
     run = RunRecord(st, "demo", params)
     root = str(st.root)
-    settings = {**DEFAULT_TRAINING, **(training or {})}
+    settings = training_settings(training)
     with run.failing(), cluster_session(cluster, workers):
         synth = run.add(synth_task(str(Path(out) / "synth"), root, area, dates, size=size, seed=seed, workers=workers, run_id=run.run_id))
         truth = synth["outputs"]["truth"]
@@ -166,14 +158,13 @@ def demo_flow(
         for date, path in synth["outputs"]["surveys"].items():
             survey_ids.append(run.add(ingest_task(root, path, area, date, run_id=run.run_id))["outputs"]["survey_id"])
         first, last = survey_ids[0], survey_ids[-1]
-        run.add(features_task(root, first, spec=spec, stride=training_stride, run_id=run.run_id))
-        labels = run.add(labels_task(root, first, truth, where={"class": "dam"}, stride=training_stride, run_id=run.run_id))
+        run.add(features_task(root, first, spec=settings.spec, stride=settings.stride, size=settings.size, run_id=run.run_id))
+        labels = run.add(labels_task(root, first, truth, where={"class": "dam"}, stride=settings.stride,
+                                     size=settings.size, run_id=run.run_id, name=settings.labels))
         logger.info(
             "labels of %s from the truth: %d dam tiles, %d without", first, labels["outputs"]["positive"], labels["outputs"]["negative"]
         )
-        trained = run.add(
-            train_task(root, [first], spec=spec, settings=settings, hidden=hidden or DEFAULT_HIDDEN, stride=training_stride, run_id=run.run_id)
-        )
+        trained = run.add(train_task(root, [first], settings=settings.to_dict(), run_id=run.run_id))
         model_id = trained["outputs"]["model_id"]
         detections = []
         for sid in survey_ids:
@@ -190,11 +181,11 @@ def demo_flow(
         )
 
         report = trained["outputs"]["report"]
-        band = heldout_bounds(st, first, report["columns"][first], 128, training_stride)
+        band = heldout_bounds(st, first, report["columns"][first], settings.size, settings.stride)
         detection = {}
         for sid, det in zip(survey_ids, detections):
             metrics = heldout_metrics(st, model_id, sid, truth, band)
-            (run.dir / f"heldout-metrics-{sid}.json").write_text(json.dumps(metrics, indent=2) + "\n")
+            write_json(run.dir / f"heldout-metrics-{sid}.json", metrics)
             detection[st.survey(sid).date.isoformat()] = metrics
 
     train = train_summary(report)
@@ -239,8 +230,6 @@ def _fmt(value: Any) -> str:
 
 
 def _print_where_to_look(summary: dict, headline: list[str]) -> None:
-    import re
-
     run_dir = Path(summary["run_dir"])
     lines = ["", "damwatch demo: done in %.0f s" % summary["seconds"]["total"], ""]
     lines += ["  " + re.sub(r"\*\*", "", h) for h in headline]

@@ -16,9 +16,10 @@ from pathlib import Path
 
 from prefect import flow
 
+from flows.headlines import detection_headline
 from flows.runs import RunRecord, top_detections
-from flows.survey_pipeline import detection_headline
-from flows.tasks import cluster_session, detect_task, model_reference, resolve_model_id
+from flows.session import cluster_session
+from flows.tasks import detect_task, model_reference, resolve_model_id
 from pipeline.store import Store
 
 __all__ = ["detect_flow"]
@@ -42,13 +43,9 @@ def detect_flow(
     ``out``: the output directory (default: the run's own ``detect/<survey_id>``); ``overwrite``:
     replace results already there.
     """
-    from pipeline.maps import refuse_existing_results
-
     params = dict(locals())
     st = Store(store)
     outs = {sid: Path(out) / sid if len(surveys) > 1 else Path(out) for sid in surveys} if out else {}
-    for path in outs.values():  # before any work, and before a run directory is made
-        refuse_existing_results(path, overwrite)
     run = RunRecord(st, "detect", params)
     with run.failing(), cluster_session(cluster, workers):
         model_id = resolve_model_id(st, model)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.runs import RunRecord
-from flows.tasks import cluster_session, features_task
+from flows.session import cluster_session
+from flows.tasks import features_task
 from pipeline.store import Store
 
 __all__ = ["features_flow"]

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
+from pipeline.files import file_sha256, parse_date, write_json
 
 __all__ = [
     "InboxFile",
@@ -74,17 +75,6 @@ class InboxFile:
         return self.area is not None and self.date is not None
 
 
-def _parse_date(text: str, where: str) -> dt.date:
-    try:
-        if len(text) == 8 and text.isdigit():
-            return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
-        return dt.date.fromisoformat(text)
-    except ValueError:
-        raise InputError(
-            f"{where} gives the date {text!r}, which is not a calendar date; write it as YYYY-MM-DD"
-        ) from None
-
-
 def _sidecar(path: Path) -> Path | None:
     for candidate in (path.with_suffix(".json"), path.with_name(path.name + ".json")):
         if candidate.is_file():
@@ -109,7 +99,7 @@ def survey_identity(path: Path) -> InboxFile:
                 f"sidecar {sidecar} for {path.name} is not a JSON object with 'area' and 'date' "
                 f"({exc!r}); write it as {{\"area\": \"creek\", \"date\": \"2024-06-01\"}}"
             ) from None
-        return InboxFile(path, area, _parse_date(str(date), f"sidecar {sidecar}"), f"sidecar {sidecar.name}")
+        return InboxFile(path, area, parse_date(str(date), f"the date in sidecar {sidecar}", '"date": "2024-06-01"'), f"sidecar {sidecar.name}")
     match = FILE_NAME_PATTERN.match(path.name)
     if match is None:
         return InboxFile(
@@ -119,7 +109,7 @@ def survey_identity(path: Path) -> InboxFile:
             "no sidecar JSON and the file name does not match <area>_<YYYY-MM-DD>.tif",
         )
     return InboxFile(
-        path, match["area"].lower(), _parse_date(match["date"], f"file name {path.name}"), "file name"
+        path, match["area"].lower(), parse_date(match["date"], f"the date in file name {path.name}", "<area>_2024-06-01.tif"), "file name"
     )
 
 
@@ -159,12 +149,6 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _write_json_atomic(path: Path, record: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 class Ledger:
     """What the watch flow has done with each inbox file, by content hash (see module docstring)."""
 
@@ -178,8 +162,6 @@ class Ledger:
 
     def content_hash(self, path: Path) -> str:
         """SHA-256 of ``path``, recomputed only when its size or modification time changed."""
-        from pipeline.store import file_sha256
-
         path = Path(path).resolve()
         stat = path.stat()
         key, stamp = str(path), [stat.st_size, stat.st_mtime_ns]
@@ -194,7 +176,7 @@ class Ledger:
         sha = file_sha256(path)
         cache[key] = {"stamp": stamp, "sha256": sha}
         # A concurrent run may overwrite this with its own copy: at worst a file is hashed again.
-        _write_json_atomic(cache_file, cache)
+        write_json(cache_file, cache)
         return sha
 
     def status(self, sha256: str) -> dict | None:
@@ -256,11 +238,11 @@ class Ledger:
         (self.claims / f"{sha256}.json").unlink(missing_ok=True)
 
     def mark_done(self, sha256: str, record: dict) -> None:
-        _write_json_atomic(self.done / f"{sha256}.json", record)
+        write_json(self.done / f"{sha256}.json", record)
         self.release(sha256)
 
     def mark_failed(self, sha256: str, record: dict) -> None:
-        _write_json_atomic(self.failed / f"{sha256}.json", record)
+        write_json(self.failed / f"{sha256}.json", record)
         self.release(sha256)
 
     def iter_done(self) -> Iterator[tuple[str, dict]]:

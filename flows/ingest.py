@@ -9,7 +9,8 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.runs import RunRecord
-from flows.tasks import cluster_session, ingest_task
+from flows.session import cluster_session
+from flows.tasks import ingest_task
 from pipeline.store import Store
 
 __all__ = ["ingest_flow"]

@@ -15,19 +15,13 @@ from typing import Any
 
 from prefect import flow
 
+from flows.headlines import labels_headline
 from flows.runs import RunRecord
-from flows.tasks import cluster_session, labels_task
+from flows.session import cluster_session
+from flows.tasks import labels_task
 from pipeline.store import Store
 
-__all__ = ["labels_flow", "labels_headline"]
-
-
-def labels_headline(outcome: dict) -> str:
-    out = outcome["outputs"]
-    return (
-        f"labels {out['survey_id']} '{out['name']}' from {out['source']}: {out['positive']} positive, "
-        f"{out['negative']} negative, {out['unknown']} unknown ({outcome['status']})"
-    )
+__all__ = ["labels_flow"]
 
 
 @flow(name="labels")

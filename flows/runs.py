@@ -23,8 +23,12 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.runtime import flow_run
 
 from pipeline import __version__
 from pipeline.store import Store
@@ -80,16 +84,12 @@ def top_detections(geojson_paths: Iterable[str | os.PathLike], n: int = 10) -> l
 
 def _prefect_run() -> tuple[str | None, str | None]:
     try:
-        from prefect.runtime import flow_run
-
         return flow_run.get_id(), flow_run.get_name()
     except Exception:  # outside a flow run
         return None, None
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
     found = {"damwatch": __version__, "python": platform.python_version()}
     for name in ("prefect", "dask", "distributed", "zarr", "numpy", "rasterio"):
         try:
@@ -196,8 +196,6 @@ class RunRecord:
     def _artifacts(self, summary, headline, detections, maps) -> None:
         if self.prefect_id is None:
             return
-        from prefect.artifacts import create_markdown_artifact, create_table_artifact
-
         stage_rows = [
             {
                 "stage": s["stage"],

@@ -15,39 +15,15 @@ from __future__ import annotations
 
 from prefect import flow, get_run_logger
 
+from flows.headlines import change_headline, detection_headline
 from flows.runs import RunRecord, top_detections
-from flows.tasks import change_task, cluster_session, detect_task, features_task, ingest_task, resolve_model_id
-from pipeline.store import Store, parse_date, survey_id_for
+from flows.session import cluster_session
+from flows.tasks import change_task, detect_task, features_task, ingest_task, resolve_model_id
+from pipeline.detect import model_spec, model_tile_size, resolve_model
+from pipeline.files import parse_date, survey_id_for
+from pipeline.store import Store
 
-__all__ = ["survey_pipeline", "detection_headline", "change_headline"]
-
-
-def detection_headline(detect: dict) -> str:
-    out = detect["outputs"]
-    line = (
-        f"detections on {out['survey_id']}: **{out['n_detections']}** "
-        f"({out['scored_tiles']} tiles scored, threshold {out['threshold']:.2f}, model {out['model_id']})"
-    )
-    if out.get("metrics"):
-        m = out["metrics"]["overall"]
-        line += "; vs truth " + ", ".join(
-            f"{k} {m[k]:.2f}" for k in ("precision", "recall", "f1") if isinstance(m.get(k), (int, float))
-        )
-    return line
-
-
-def change_headline(change: dict) -> str:
-    out = change["outputs"]
-    counts = out["counts"]
-    line = (
-        f"change {out['before']} → {out['after']}: {counts.get('new', 0)} new, {counts.get('gone', 0)} gone, "
-        f"{counts.get('persisting', 0)} persisting cells"
-    )
-    classes = (out.get("metrics") or {}).get("classes", {})
-    f1 = {name: c["f1"] for name, c in classes.items() if c.get("f1") is not None}
-    if f1:
-        line += "; F1 vs truth " + ", ".join(f"{name} {v:.2f}" for name, v in f1.items())
-    return line
+__all__ = ["survey_pipeline"]
 
 
 @flow(name="survey_pipeline")
@@ -84,8 +60,6 @@ def survey_pipeline(
     with run.failing(), cluster_session(cluster, workers):
         size = 128
         if model is not None:
-            from pipeline.detect import model_spec, model_tile_size, resolve_model
-
             model = resolve_model_id(st, model)
             classifier = resolve_model(st, model)
             spec, size = model_spec(classifier).id, model_tile_size(classifier)

@@ -23,8 +23,8 @@ from ann.errors import AnnError
 from flows.inbox import Ledger, scan_inbox
 from flows.runs import RunRecord, top_detections
 from flows.survey_pipeline import survey_pipeline
-from pipeline.errors import DamwatchError
 from flows.tasks import resolve_model_id
+from pipeline.errors import DamwatchError
 from pipeline.store import Store
 
 __all__ = ["watch_flow"]

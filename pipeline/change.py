@@ -31,33 +31,19 @@ model needs are checked by detection itself.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from affine import Affine
+from rasterio.warp import transform as warp_transform
+from rasterio.warp import transform_bounds
 
+from pipeline.detect import DETECTION_STRIDE, Predictions, check_model_bands, detect_survey, resolve_model
 from pipeline.errors import InputError
-from pipeline.maps import (
-    atomic_output_dir,
-    base_provenance,
-    file_sha256,
-    model_provenance,
-    read_truth,
-    render_quicklook,
-    sample_tiles,
-    survey_provenance,
-    survey_thumbnail,
-    tile_edges,
-    truth_points,
-    write_cog,
-    write_json,
-)
+from pipeline.maps import TileEdges, sample_tiles, tile_edges
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.detect import Predictions
     from pipeline.store import Store, Survey
 
 __all__ = [
@@ -77,8 +63,6 @@ __all__ = [
     "compare_predictions",
     "check_comparable",
     "change_surveys",
-    "change_metrics",
-    "write_change_maps",
 ]
 
 # Class codes of the change raster (uint8).
@@ -177,8 +161,6 @@ class ChangeGrid:
 
     def edges(self):
         """The cells as :class:`pipeline.maps.TileEdges` in cell units (for GeoJSON footprints)."""
-        from pipeline.maps import TileEdges
-
         r = np.arange(self.shape[0], dtype=np.float64)
         c = np.arange(self.shape[1], dtype=np.float64)
         return TileEdges(r, r + 1, c, c + 1)
@@ -203,8 +185,6 @@ def _grid_bounds(grid: Any, crs: Any = None) -> tuple[float, float, float, float
     xs, ys = zip(*(t * (c, r) for c, r in ((0, 0), (grid.width, 0), (0, grid.height), (grid.width, grid.height))))
     bounds = (min(xs), min(ys), max(xs), max(ys))
     if crs is not None and crs != grid.crs:
-        from rasterio.warp import transform_bounds
-
         bounds = transform_bounds(grid.crs, crs, *bounds, densify_pts=21)
     return tuple(float(v) for v in bounds)  # type: ignore[return-value]
 
@@ -253,8 +233,6 @@ def _sample_on(predictions: "Predictions", grid: ChangeGrid) -> np.ndarray:
     """A survey's probability in each change cell: mean of its scored tiles holding the sample point."""
     xs, ys = grid.centres()
     if predictions.grid.crs != grid.crs:
-        from rasterio.warp import transform as warp_transform
-
         tx, ty = warp_transform(grid.crs, predictions.grid.crs, xs.ravel().tolist(), ys.ravel().tolist())
         xs, ys = np.asarray(tx).reshape(xs.shape), np.asarray(ty).reshape(ys.shape)
     cols, rows = ~predictions.grid.transform * (xs, ys)
@@ -297,18 +275,21 @@ def compare_predictions(
     The surveys' CRSs must be equal unless ``reproject`` (the grid is then on the before
     survey's CRS).
     """
-    if before.grid.crs != after.grid.crs and not reproject:
-        raise InputError(
-            f"survey {before.survey_id} has CRS {before.grid.crs.to_string()} but {after.survey_id} has "
-            f"{after.grid.crs.to_string()}; reproject one of them or pass --reproject to compare them "
-            f"on a grid in {before.survey_id}'s CRS"
-        )
+    _refuse_other_crs(before.survey_id, before.grid.crs, after.survey_id, after.grid.crs, reproject)
     for p in (before, after):
         _check_north_up(p.grid, p.survey_id)
     grid = change_grid(before.grid, after.grid, cell_size, crs=before.grid.crs)
     pb = _sample_on(before, grid)
     pa = _sample_on(after, grid)
     return ChangeResult(before, after, grid, pb, pa, classify_change(pb, pa, thresholds), thresholds)
+
+
+def _refuse_other_crs(before_id: str, before_crs: Any, after_id: str, after_crs: Any, reproject: bool) -> None:
+    if before_crs != after_crs and not reproject:
+        raise InputError(
+            f"survey {before_id} has CRS {before_crs.to_string()} but {after_id} has {after_crs.to_string()}; "
+            f"reproject one of them or pass --reproject to compare them on a grid in {before_id}'s CRS"
+        )
 
 
 def check_comparable(before: "Survey", after: "Survey", reproject: bool = False) -> None:
@@ -321,16 +302,10 @@ def check_comparable(before: "Survey", after: "Survey", reproject: bool = False)
             f"change compares two dates of one area: pick two surveys of the same area "
             f"(`damwatch surveys` lists them)"
         )
-    if before.crs != after.crs and not reproject:
-        raise InputError(
-            f"survey {before.id} has CRS {before.crs.to_string()} but {after.id} has {after.crs.to_string()}; "
-            f"reproject one of them or pass --reproject to compare on a grid in {before.id}'s CRS"
-        )
+    _refuse_other_crs(before.id, before.crs, after.id, after.crs, reproject)
     b = before.bounds
     a = after.bounds
     if after.crs != before.crs:
-        from rasterio.warp import transform_bounds
-
         a = transform_bounds(after.crs, before.crs, *a, densify_pts=21)
     if max(a[0], b[0]) >= min(a[2], b[2]) or max(a[1], b[1]) >= min(a[3], b[3]):
         raise InputError(
@@ -357,8 +332,6 @@ def change_surveys(
     bands the model needs are checked by :func:`pipeline.detect.detect_survey`, which also
     reuses predictions already stored for this model, survey and grid.
     """
-    from pipeline.detect import DETECTION_STRIDE, check_model_bands, detect_survey, resolve_model
-
     before_s, after_s = store.survey(before_id), store.survey(after_id)
     check_comparable(before_s, after_s, reproject)
     classifier = resolve_model(store, model)
@@ -372,179 +345,3 @@ def change_surveys(
         before, after, result.grid, result.p_before, result.p_after, result.classes, thresholds,
         {"stride": stride, "reproject": reproject, "cell_size": result.grid.cell_size},
     )
-
-
-def _truth_classes(truth: dict, before: "Survey", after: "Survey", crs: Any):
-    """Truth objects' map coordinates (in ``crs``) and their change class name.
-
-    From each object's ``dates`` list when it has one (present before only: gone; after only:
-    new; both: persisting), else from its ``status`` (relative to the truth's first date, so
-    swapped when ``before`` is the later survey).
-    """
-    xs, ys, props = truth_points(truth, crs)
-    swap = {"new": "gone", "gone": "new"}
-    classes = []
-    for p in props:
-        dates = p.get("dates")
-        if dates is not None:
-            days = {str(d)[:10] for d in dates}
-            b, a = before.date.isoformat() in days, after.date.isoformat() in days
-            classes.append("persisting" if a and b else "new" if a else "gone" if b else "absent")
-        else:
-            status = str(p.get("status", "persisting"))
-            classes.append(swap.get(status, status) if before.date > after.date else status)
-    return xs, ys, classes
-
-
-def change_metrics(result: ChangeResult, truth: dict, before: "Survey", after: "Survey", tile_size_map: float) -> dict:
-    """Cell-level precision, recall, F1 and IoU of each change class against a ground truth.
-
-    A cell truly holds class *c* when an object of class *c* lies within the square of one
-    model tile (``tile_size_map`` map units) centred on the cell's centre: the area whose
-    tiles see the object. Cells without data on either date are left out. IoU = TP / (TP +
-    FP + FN); a class with no true and no predicted cell has no scores (null).
-    """
-    xs, ys, classes = _truth_classes(truth, before, after, result.grid.crs)
-    cx, cy = result.grid.centres()
-    half = tile_size_map / 2.0
-    scored = result.classes != NODATA
-    report: dict[str, Any] = {
-        "rule": "cell positive for class c when an object of class c lies in the tile-sized square "
-        "centred on the cell centre; nodata cells left out",
-        "tile_size_map_units": tile_size_map,
-        "thresholds": result.thresholds.to_dict(),
-        "classes": {},
-    }
-    for code in (NEW, GONE, PERSISTING):
-        name = CLASS_NAMES[code]
-        true = np.zeros(result.grid.shape, dtype=bool)
-        for x, y, c in zip(xs, ys, classes):
-            if c == name:
-                true |= (np.abs(cx - x) <= half) & (np.abs(cy - y) <= half)
-        pred = result.classes == code
-        tp = int(np.sum(true & pred & scored))
-        fp = int(np.sum(~true & pred & scored))
-        fn = int(np.sum(true & ~pred & scored))
-        precision = tp / (tp + fp) if tp + fp else None
-        recall = tp / (tp + fn) if tp + fn else None
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
-        iou = tp / (tp + fp + fn) if tp + fp + fn else None
-        report["classes"][name] = {
-            "precision": precision, "recall": recall, "f1": f1, "iou": iou,
-            "tp": tp, "fp": fp, "fn": fn, "n_objects": classes.count(name),
-        }
-    return report
-
-
-def _cell_properties(result: ChangeResult) -> tuple[np.ndarray, list[dict]]:
-    select = np.isin(result.classes, (NEW, GONE, PERSISTING))
-    props = []
-    for r, c in zip(*np.nonzero(select)):
-        props.append({
-            "class": CLASS_NAMES[int(result.classes[r, c])],
-            "p_before": round(float(result.p_before[r, c]), 6),
-            "p_after": round(float(result.p_after[r, c]), 6),
-            "before": result.before.survey_id,
-            "after": result.after.survey_id,
-            "model_id": result.before.model_id,
-            "cell_row": int(r),
-            "cell_col": int(c),
-        })
-    return select, props
-
-
-def write_change_maps(
-    store: "Store",
-    result: ChangeResult,
-    out_dir: str | os.PathLike,
-    truth: str | os.PathLike | None = None,
-    overwrite: bool = False,
-    client: Any = None,
-) -> dict[str, Any]:
-    """Write the change outputs into ``out_dir``, all or nothing.
-
-    ``change.tif`` (uint8 class codes 0 none, 1 new, 2 gone, 3 persisting, 255 nodata, with a
-    colour table), ``change.geojson`` (one RFC 7946 feature per new/gone/persisting cell, with
-    both probabilities), ``change.png`` (before, after, change), ``provenance.json`` and, with
-    ``truth``, ``metrics.json``. Returns the output files (Paths) by name: ``change``,
-    ``geojson``, ``quicklook``, ``provenance`` and, with truth, ``metrics_file``; plus
-    ``counts`` (cells per class) and ``metrics`` (the report dict, or None).
-    """
-    from pipeline.maps import footprints_geojson
-
-    truth_data = read_truth(truth) if truth is not None else None
-    before_s = store.survey(result.before.survey_id)
-    after_s = store.survey(result.after.survey_id)
-    grid = result.grid
-    out_dir = Path(out_dir)
-    out: dict[str, Any] = {"metrics": None}
-    with atomic_output_dir(out_dir, overwrite) as tmp:
-        write_cog(
-            tmp / CHANGE_FILES["change"], result.classes, grid.transform, grid.crs, NODATA,
-            colormap=CLASS_COLOURS, resampling="nearest",
-            tags={"classes": "0 none, 1 new, 2 gone, 3 persisting, 255 nodata",
-                  "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
-        )
-        select, props = _cell_properties(result)
-        geojson = footprints_geojson(select, grid.edges(), grid.transform, grid.crs, props)
-        write_json(tmp / CHANGE_FILES["geojson"], geojson)
-        _render_change(tmp / CHANGE_FILES["quicklook"], result, before_s, after_s, client)
-        provenance = base_provenance("change", {
-            **result.settings, **result.thresholds.to_dict(),
-            "classes": {str(k): v for k, v in CLASS_NAMES.items()} | {"255": "nodata"},
-            "truth": str(truth) if truth is not None else None,
-        })
-        provenance["inputs"] = {
-            "before": survey_provenance(before_s),
-            "after": survey_provenance(after_s),
-            "model": model_provenance(store, result.before.model_id),
-            "feature_spec": result.before.spec,
-            "truth_sha256": file_sha256(truth) if truth is not None else None,
-        }
-        provenance["tile_grids"] = {"before": result.before.grid.to_dict(), "after": result.after.grid.to_dict()}
-        provenance["change_grid"] = grid.to_dict()
-        provenance["counts"] = result.counts()
-        if truth_data is not None:
-            tile_map = result.before.grid.size * max(abs(result.before.grid.transform.a), abs(result.after.grid.transform.a))
-            metrics = change_metrics(result, truth_data, before_s, after_s, tile_map)
-            write_json(tmp / CHANGE_FILES["metrics"], metrics)
-            out["metrics"] = metrics
-        provenance["outputs"] = {
-            name: {"file": fn, "sha256": file_sha256(tmp / fn)}
-            for name, fn in CHANGE_FILES.items() if name != "provenance" and (tmp / fn).exists()
-        }
-        write_json(tmp / CHANGE_FILES["provenance"], provenance)
-        written = [n for n, fn in CHANGE_FILES.items() if (tmp / fn).exists()]
-    for name in written:  # the metrics *file* is "metrics_file": "metrics" is the report
-        out["metrics_file" if name == "metrics" else name] = out_dir / CHANGE_FILES[name]
-    out["counts"] = result.counts()
-    return out
-
-
-def _render_change(path: Path, result: ChangeResult, before: "Survey", after: "Survey", client: Any) -> None:
-    from matplotlib.colors import BoundaryNorm, ListedColormap
-
-    panels = []
-    for survey, values in ((before, result.p_before), (after, result.p_after)):
-        thumb, thumb_transform = survey_thumbnail(survey, client=client)
-        panels.append({
-            "title": f"{survey.id}: probability",
-            "image": thumb,
-            "image_transform": thumb_transform,
-            "overlay": values, "overlay_transform": result.grid.transform, "cmap": "magma",
-            "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": result.thresholds.low,
-            "colorbar": "probability",
-        })
-    codes = result.classes.astype(np.float64)
-    codes[result.classes == NODATA] = np.nan
-    colours = [np.array(CLASS_COLOURS[c][:3]) / 255 for c in (NONE, NEW, GONE, PERSISTING)]
-    counts = result.counts()
-    panels.append({
-        "title": "change: " + ", ".join(f"{n} {counts[n]}" for n in ("new", "gone", "persisting")),
-        "image": panels[1]["image"], "image_transform": panels[1]["image_transform"],
-        "overlay": codes, "overlay_transform": result.grid.transform,
-        "cmap": ListedColormap(colours), "norm": BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
-        "alpha": 0.7, "mask_below": 0.5, "colorbar": "class",
-        "ticks": [0, 1, 2, 3], "ticklabels": ["none", "new", "gone", "persisting"],
-    })
-    render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}")

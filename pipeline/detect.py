@@ -14,25 +14,28 @@ by one tile's edge is whole in a neighbour). Detection:
 4. stores the probabilities at ``predictions/<model_id>/<survey_id>`` in the store: a
    (tile_row, tile_col) float32 array, NaN where a tile was not scored (less than
    ``min_valid`` of its pixels are valid), with the grid, spec, model threshold and survey
-   hash as attributes. It is written under a temporary name and renamed into place, so an
-   interrupted run never leaves a prediction grid that looks complete.
+   hash as attributes (:meth:`pipeline.store.Store.new_group`: an interrupted run never
+   leaves a prediction grid that looks complete).
 
 Predictions already stored for the same model, survey content and grid are reused.
 """
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ann.io import Classifier, load_model
+from pipeline.blocks import compute_tasks
 from pipeline.errors import InputError, StoreError
-from pipeline.store import move_into_place
+from pipeline.features import FeatureSpec, compute_features
 from pipeline.tiling import DEFAULT_TILE_SIZE, DETECTION_STRIDE, TileGrid
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.store import Store
 
 __all__ = [
     "DETECTION_STRIDE",
@@ -86,11 +89,9 @@ def predictions_path(model_id: str, survey_id: str) -> str:
 # The model
 
 
-def resolve_model(store: Any, model: Any) -> Any:
+def resolve_model(store: "Store", model: Any) -> Classifier:
     """A :class:`ann.io.Classifier` from a Classifier, a model id in the store, a model file
     path, or ``"latest"``: the model saved most recently in ``<store>/models`` (by file time)."""
-    from ann.io import Classifier, load_model
-
     if isinstance(model, Classifier):
         return model
     text = str(model)
@@ -126,8 +127,6 @@ def _model_id(classifier: Any) -> str:
 
 def model_spec(classifier: Any):
     """The :class:`~pipeline.features.FeatureSpec` a model was trained with."""
-    from pipeline.features import FeatureSpec
-
     return FeatureSpec.from_dict(dict(classifier.feature_spec))
 
 
@@ -185,29 +184,8 @@ def _score_rows(values: Any, valid_fraction: np.ndarray, r0: int, r1: int, class
     return score_tiles(classifier, block, valid_fraction, min_valid)
 
 
-def _run(tasks: list, client: Any, desc: str) -> list:
-    """Compute Dask delayed ``tasks`` on ``client`` (or the default client, or local threads)."""
-    from pipeline.progress import progress_bar, wait_with_progress
-
-    if client is None:
-        try:
-            from distributed import default_client
-
-            client = default_client()
-        except (ImportError, ValueError):
-            client = None
-    if client is not None:
-        return wait_with_progress(client.compute(tasks), desc, unit="block")
-    import dask
-
-    with progress_bar(len(tasks), desc, unit="block") as bar:
-        results = list(dask.compute(*tasks, scheduler="threads"))
-        bar.update(len(tasks))
-    return results
-
-
 def detect_survey(
-    store: Any,
+    store: "Store",
     survey_id: str,
     model: Any,
     stride: int = DETECTION_STRIDE,
@@ -223,9 +201,7 @@ def detect_survey(
     stored at ``predictions/<model_id>/<survey_id>``); stored ones for the same model, survey
     content and grid are returned as they are unless ``reuse=False``.
     """
-    import dask
-
-    from pipeline.features import compute_features
+    import dask  # here, not at the top: the command line imports this module to check its input
 
     classifier = resolve_model(store, model)
     model_id = _model_id(classifier)
@@ -256,7 +232,7 @@ def detect_survey(
                 dask_key_name=f"score-{model_id}-{survey_id}-{r0}",
             )
         )
-    blocks = _run(tasks, client, f"scoring {survey_id}")
+    blocks = compute_tasks(tasks, client, f"scoring {survey_id}")
     probabilities = np.concatenate(blocks, axis=0) if blocks else np.full(grid.shape, np.nan, np.float32)
     predictions = Predictions(survey_id, model_id, probabilities, grid, float(classifier.threshold), spec.to_dict())
     save_predictions(store, predictions, {"source_sha256": survey.source_sha256, "min_valid": min_valid,
@@ -268,67 +244,46 @@ def detect_survey(
 # The store
 
 
-def save_predictions(store: Any, predictions: Predictions, extra_attrs: dict | None = None) -> None:
+def save_predictions(store: "Store", predictions: Predictions, extra_attrs: dict | None = None) -> None:
     """Write ``predictions`` to ``predictions/<model_id>/<survey_id>`` (replacing any), atomically."""
-    import zarr
+    import zarr  # here, not at the top: the command line imports this module to check its input
 
-    path = predictions.path
-    parent, name = path.rsplit("/", 1)
-    root = zarr.open_group(store=str(store.zarr_path), mode="a")
-    tmp_name = f".tmp-{name}-{uuid.uuid4().hex[:8]}"
-    group = root.require_group(parent)
     p = np.asarray(predictions.probabilities, dtype=np.float32)
-    array = group.create_array(
-        tmp_name,
-        shape=p.shape,
-        chunks=tuple(min(1024, max(1, n)) for n in p.shape),
-        dtype=np.float32,
-        fill_value=np.nan,
-        compressors=zarr.codecs.ZstdCodec(level=3),
-        dimension_names=["tile_row", "tile_col"],
-        attributes={
-            "description": "tile probabilities, NaN where a tile was not scored",
-            "survey_id": predictions.survey_id,
-            "model_id": predictions.model_id,
-            "threshold": predictions.threshold,
-            "feature_spec": predictions.spec,
-            "grid": predictions.grid.to_dict(),
-            **(extra_attrs or {}),
-        },
-    )
-    array[...] = p
-    array.attrs["complete"] = True  # written last
-    tmp_dir = Path(store.zarr_path) / parent / tmp_name
-    final_dir = Path(store.zarr_path) / path
-    try:
-        move_into_place(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+    attributes = {
+        "survey_id": predictions.survey_id,
+        "model_id": predictions.model_id,
+        "threshold": predictions.threshold,
+        "feature_spec": predictions.spec,
+        "grid": predictions.grid.to_dict(),
+        **(extra_attrs or {}),
+    }
+    with store.new_group(predictions.path, attributes) as group:
+        group.create_array(
+            "probability",
+            data=p,
+            chunks=tuple(min(1024, max(1, n)) for n in p.shape),
+            compressors=zarr.codecs.ZstdCodec(level=3),
+            dimension_names=["tile_row", "tile_col"],
+            attributes={"description": "tile probabilities, NaN where a tile was not scored"},
+        )
 
 
-def open_predictions(store: Any, model_id: str, survey_id: str) -> Predictions:
+def open_predictions(store: "Store", model_id: str, survey_id: str) -> Predictions:
     """Stored predictions (StoreError saying how to make them if absent)."""
     return _open(store, model_id, survey_id)[0]
 
 
-def _open(store: Any, model_id: str, survey_id: str) -> tuple[Predictions, dict]:
-    import zarr
-
-    path = predictions_path(model_id, survey_id)
-    array = None
-    if (Path(store.zarr_path) / path).is_dir():
-        array = zarr.open_array(store=str(store.zarr_path), path=path, mode="r")
-    if array is None or not array.attrs.get("complete"):
-        raise StoreError(
-            f"no predictions of model {model_id} for survey {survey_id} in the store at {store.zarr_path}; "
-            f"make them with `damwatch detect {survey_id} --model {model_id}`"
-        )
-    attrs = dict(array.attrs)
+def _open(store: "Store", model_id: str, survey_id: str) -> tuple[Predictions, dict]:
+    group = store.open_complete(
+        predictions_path(model_id, survey_id),
+        f"no predictions of model {model_id} for survey {survey_id} in the store at {store.root}; "
+        f"make them with `damwatch detect {survey_id} --model {model_id}`",
+    )
+    attrs = dict(group.attrs)
     return Predictions(
         survey_id=survey_id,
         model_id=model_id,
-        probabilities=np.asarray(array[...], dtype=np.float32),
+        probabilities=np.asarray(group["probability"][...], dtype=np.float32),
         grid=TileGrid.from_dict(attrs["grid"]),
         threshold=float(attrs["threshold"]),
         spec=dict(attrs["feature_spec"]),

@@ -54,16 +54,18 @@ window, with the halo from neighbouring chunks when a stride makes tiles straddl
 
 from __future__ import annotations
 
-import shutil
-import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipeline.errors import InputError, StoreError
-from pipeline.store import move_into_place
+from pipeline.bands import LUMA, band_positions, normalized_difference, pixel_scale
+from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
+from pipeline.errors import InputError
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.store import Store
 
 __all__ = [
     "FeatureSpec",
@@ -71,20 +73,15 @@ __all__ = [
     "SPECS",
     "get_spec",
     "spec_band_indices",
-    "pixel_scale",
     "tile_features",
     "block_features",
     "features_dask",
-    "map_tile_blocks",
-    "compute_with_progress",
-    "resolve_client",
     "compute_features",
     "open_features",
     "features_path",
     "TileFeatures",
 ]
 
-LUMA = {"red": 0.299, "green": 0.587, "blue": 0.114}  # ITU-R BT.601 grayscale weights
 TILES_PER_BATCH = 16  # tiles computed together inside a block: ~4 MB of float32, stays in cache
 # Every Dask task should carry >= ~100 ms of work (DESIGN decision 6): a 128-px tile costs about
 # 0.7 ms of feature arithmetic (rgbn, measured), so a task takes whole chunks holding >= 128 tiles
@@ -264,36 +261,16 @@ def get_spec(spec: str | FeatureSpec | dict[str, Any] = "default") -> FeatureSpe
 
 def spec_band_indices(spec: FeatureSpec, band_names: tuple[str, ...] | list[str], survey_id: str = "the survey") -> list[int]:
     """Position in ``band_names`` of each band of ``spec`` (InputError naming any missing band)."""
-    missing = [b for b in spec.bands if b not in band_names]
-    if missing:
-        raise InputError(
-            f"feature spec {spec.id} needs bands {list(spec.bands)} but {survey_id} has bands "
-            f"{list(band_names)} (missing: {', '.join(missing)}); choose a spec whose bands the survey "
-            f"has ({', '.join(s.name + ': ' + '/'.join(s.bands) for s in SPECS.values())}) with --spec"
-        )
-    return [list(band_names).index(b) for b in spec.bands]
-
-
-def pixel_scale(dtype: np.dtype | str) -> float:
-    """Factor taking pixel values to [0, 1]: ``1 / max`` for integer dtypes (signed: to [−1, 1]), 1 for floats."""
-    dtype = np.dtype(dtype)
-    if np.issubdtype(dtype, np.integer):
-        return 1.0 / float(np.iinfo(dtype).max)
-    return 1.0
+    choices = ", ".join(s.name + ": " + "/".join(s.bands) for s in SPECS.values())
+    return band_positions(
+        spec.bands, band_names, f"feature spec {spec.id}", survey_id,
+        f"choose a spec whose bands the survey has ({choices}) with --spec",
+    )
 
 
 # ----------------------------------------------------------------------------------------------
 # Pure NumPy
 # ----------------------------------------------------------------------------------------------
-def _normalized_difference(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(a − b)/(a + b)``, 0 where ``a + b == 0``."""
-    num = a - b
-    den = a + b
-    out = np.zeros_like(num)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
-
-
 def _mean_std(x: np.ndarray, w: np.ndarray | None, n_valid: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean and std over the last two axes, weighting pixels by ``w`` (1 valid, 0 nodata)."""
     # float32 sums over contiguous pixels use NumPy's pairwise summation: relative error ~1e-7
@@ -373,7 +350,7 @@ def tile_features(tiles: np.ndarray, valid: np.ndarray | None, spec: FeatureSpec
     if spec.has_indices:
         red, green, nir = x[:, bi["red"]], x[:, bi["green"]], x[:, bi["nir"]]
         wv = None if w is None else w[:, 0]
-        for index in (_normalized_difference(nir, red), _normalized_difference(green, nir)):  # NDVI, NDWI
+        for index in (normalized_difference(nir, red), normalized_difference(green, nir)):  # NDVI, NDWI
             m, sd = _mean_std(index, wv, n_valid[:, 0])
             out[:, col], out[:, col + 1] = m, sd
             col += 2
@@ -454,121 +431,6 @@ def _features_block(block, valid, ro, co, size, spec_dict, band_indices, scale) 
     return np.concatenate([values, fraction[..., None]], axis=-1)
 
 
-_MALLOC_TUNED = False
-
-
-def _reuse_freed_memory_in_worker() -> None:
-    """In a Dask worker process, let glibc reuse freed memory instead of unmapping it at once.
-
-    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also pins glibc's
-    mmap threshold at 128 KiB: every temporary array of a tile batch (~1 MiB each) then gets
-    fresh pages from the kernel, and the page faults cost more than the arithmetic (measured on
-    one 1024² chunk: 72 ms of CPU, 43 of them in the kernel, against 27 ms once memory is
-    reused). Raising both thresholds to 64 MiB keeps at most 64 MiB of freed memory around for
-    reuse. Once per worker process (the setting is process-wide, so it also helps other stages'
-    tasks there); never in the user's own process; a no-op where glibc is absent.
-    """
-    global _MALLOC_TUNED
-    if _MALLOC_TUNED:
-        return
-    _MALLOC_TUNED = True
-    try:
-        import ctypes
-
-        from distributed import get_worker
-
-        get_worker()  # ValueError outside a worker: leave the user's process alone
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 << 20)  # M_MMAP_THRESHOLD
-        libc.mallopt(-1, 64 << 20)  # M_TRIM_THRESHOLD
-    except (ImportError, ValueError, OSError, AttributeError):
-        pass
-
-
-def _read_and_apply(image, valid, window, func, ro, co, size, args) -> np.ndarray:
-    """One task: read a pixel window (halo included) straight from Zarr, then apply ``func``."""
-    _reuse_freed_memory_in_worker()
-    r0, r1, c0, c1 = window
-    block = np.asarray(image[:, r0:r1, c0:c1])
-    mask = None if valid is None else np.asarray(valid[r0:r1, c0:c1])
-    return func(block, mask, ro, co, size, *args)
-
-
-def map_tile_blocks(
-    func: Any,
-    image: Any,
-    valid: Any,
-    grid: TileGrid,
-    n_out: int,
-    args: tuple = (),
-    tiles_per_block: tuple[int, int] | None = None,
-    name: str = "tile-blocks",
-) -> Any:
-    """Apply ``func`` to the tiles of ``image``, one Dask task per block of tiles.
-
-    ``func(block, valid_block, row_offsets, col_offsets, size, *args)`` receives a block's
-    pixels ``(bands, h, w)`` (NumPy), its valid mask ``(h, w)`` (or None) and the tile offsets
-    inside it, and returns ``(n_block_rows, n_block_cols, n_out)`` float32. Each task gets its
-    block's whole pixel window, including the halo from neighbouring chunks when tiles straddle
-    them. Returns a Dask array ``(n_rows, n_cols, n_out)`` chunked by block; key names start
-    with ``name`` (progress bars count those).
-
-    ``image`` (bands, H, W) and ``valid`` (H, W, or None) are either Dask arrays (any
-    chunking; blocks default to about one chunk) or Zarr arrays, which each task reads itself:
-    one task per block and no pixels moving between workers (the store's path).
-    """
-    import uuid as _uuid
-
-    import dask
-    import dask.array as da
-    from dask.highlevelgraph import HighLevelGraph
-
-    lazy = isinstance(image, da.Array)
-    if tiles_per_block is None:
-        chunks = image.chunks if lazy else (None, (image.chunks[1],), (image.chunks[2],))
-        tiles_per_block = (max(1, chunks[1][0] // grid.stride), max(1, chunks[2][0] // grid.stride))
-    blocks = grid.blocks(tiles_per_block)
-    ro_all, co_all = grid.row_offsets, grid.col_offsets
-    row_starts = sorted({b.rows.start for b in blocks})
-    col_starts = sorted({b.cols.start for b in blocks})
-    row_sizes = tuple(b.rows.stop - b.rows.start for b in blocks if b.cols.start == 0)
-    col_sizes = tuple(b.cols.stop - b.cols.start for b in blocks if b.rows.start == 0)
-
-    if not lazy:
-        # a fresh token: the arrays' content may change under the same path (re-ingest), so
-        # results must never be taken from an earlier computation on the cluster
-        key = f"{name}-{_uuid.uuid4().hex}"
-        dsk = {}
-        for b in blocks:
-            w = b.window
-            window = (w.row_off, w.row_off + w.height, w.col_off, w.col_off + w.width)
-            ro, co = ro_all[b.rows] - w.row_off, co_all[b.cols] - w.col_off
-            i, j = row_starts.index(b.rows.start), col_starts.index(b.cols.start)
-            dsk[(key, i, j, 0)] = (_read_and_apply, image, valid, window, func, ro, co, grid.size, tuple(args))
-        graph = HighLevelGraph.from_collections(key, dsk, dependencies=())
-        return da.Array(graph, key, (row_sizes, col_sizes, (n_out,)), dtype=np.float32)
-
-    token = dask.base.tokenize(func, image, valid, grid.to_dict(), args, tiles_per_block)
-    pieces: dict[tuple[int, int], Any] = {}
-    for b in blocks:
-        w = b.window
-        ys, xs = slice(w.row_off, w.row_off + w.height), slice(w.col_off, w.col_off + w.width)
-        ro, co = ro_all[b.rows] - w.row_off, co_all[b.cols] - w.col_off
-        i, j = row_starts.index(b.rows.start), col_starts.index(b.cols.start)
-        task = dask.delayed(func, pure=True)(
-            image[:, ys, xs],
-            None if valid is None else valid[ys, xs],
-            ro,
-            co,
-            grid.size,
-            *args,
-            dask_key_name=(f"{name}-{token}", i, j),
-        )
-        pieces[(i, j)] = da.from_delayed(task, shape=(len(ro), len(co), n_out), dtype=np.float32)
-    # depth-3 nesting: da.block joins the innermost lists along the last axis (the outputs)
-    return da.block([[[pieces[(i, j)]] for j in range(len(col_starts))] for i in range(len(row_starts))])
-
-
 def features_dask(
     image: Any,
     valid: Any,
@@ -585,45 +447,6 @@ def features_dask(
     """
     args = (spec.to_dict(), list(band_indices), scale)
     return map_tile_blocks(_features_block, image, valid, grid, spec.n_features + 1, args, tiles_per_block, "tile-features")
-
-
-def resolve_client(client: Any = None) -> Any:
-    """``client`` if given, else the current default ``distributed`` client, else None (local threads)."""
-    if client is not None:
-        return client
-    try:
-        from distributed import default_client
-
-        return default_client()
-    except (ImportError, ValueError):
-        return None
-
-
-def compute_with_progress(array: Any, client: Any, desc: str, name: str) -> Any:
-    """Compute ``array`` (from :func:`map_tile_blocks`) with a progress bar over its blocks.
-
-    On ``client`` (see :func:`resolve_client`), or on local threads when it is None. With a
-    client the result stays on the workers (a persisted Dask array); otherwise it is NumPy.
-    """
-    from pipeline.progress import progress_bar, wait_with_progress
-
-    if client is not None:
-        from distributed import futures_of
-
-        persisted = client.persist(array)
-        wait_with_progress(futures_of(persisted), desc, unit="block")
-        return persisted
-    import dask
-    from dask.callbacks import Callback
-
-    class _Progress(Callback):
-        def _posttask(self, key, result, dsk, state, worker_id):
-            if isinstance(key, tuple) and str(key[0]).startswith(f"{name}-"):
-                bar.update(1)
-
-    with progress_bar(int(np.prod(array.numblocks)), desc, unit="block") as bar, _Progress():
-        (result,) = dask.compute(array, scheduler="threads")
-    return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -659,18 +482,8 @@ class TileFeatures:
         return values[rows, cols].astype(np.float32, copy=False), rows, cols
 
 
-def _zarr_root(store: Any):
-    import zarr
-
-    return zarr.open_group(store=str(store.zarr_path), mode="a")
-
-
-def _dir_of(store: Any, path: str):
-    return store.zarr_path / path
-
-
 def compute_features(
-    store: Any,
+    store: "Store",
     survey_id: str,
     spec: str | FeatureSpec = "default",
     stride: int = TRAINING_STRIDE,
@@ -686,7 +499,8 @@ def compute_features(
     re-ingested file) are replaced. Written to a temporary group renamed into place last, so an
     interrupted run never leaves features that look complete.
     """
-    import zarr
+    import zarr  # here, not at the top: the command line imports this module to check its input
+
 
     spec = get_spec(spec)
     survey = store.survey(survey_id)
@@ -698,16 +512,11 @@ def compute_features(
             f"{spec.id}; use a multiple of {spec.thumbnail} such as 128"
         )
     path = features_path(survey_id, spec, stride, size)
-    final_dir = _dir_of(store, path)
-    if final_dir.exists() and not overwrite:
-        try:
-            existing = open_features(store, survey_id, spec, stride, size)
-            attrs = dict(store.open_group(path).attrs)
-            if attrs.get("source_sha256") == survey.source_sha256 and existing.grid == grid:
-                existing.status = "reused"
-                return existing
-        except StoreError:
-            pass  # incomplete or unreadable leftovers: recompute over them
+    if store.is_complete(path) and not overwrite:
+        existing = open_features(store, survey_id, spec, stride, size)
+        if store.open_group(path).attrs.get("source_sha256") == survey.source_sha256 and existing.grid == grid:
+            existing.status = "reused"
+            return existing
 
     image = survey.image()  # Zarr arrays: each task reads its own window, halo included
     valid = survey.valid()
@@ -716,49 +525,36 @@ def compute_features(
     client = resolve_client(client)
     packed = compute_with_progress(packed, client, f"features {survey_id}", "tile-features")
 
-    parent = path.rsplit("/", 1)[0]
-    tmp_name = f".tmp-{path.rsplit('/', 1)[1]}-{uuid.uuid4().hex[:8]}"
-    tmp_path = f"{parent}/{tmp_name}"
-    root = _zarr_root(store)
-    group = root.require_group(parent).create_group(tmp_name)
-    chunks = (tiles_per_block[0], tiles_per_block[1])
-    common = dict(compressors=zarr.codecs.ZstdCodec(level=3))
-    values = group.create_array(
-        "values",
-        shape=(*grid.shape, spec.n_features),
-        chunks=(*chunks, spec.n_features),
-        dtype=np.float32,
-        fill_value=np.nan,
-        dimension_names=["tile_row", "tile_col", "feature"],
-        attributes={"feature_names": list(spec.names), "units": "see the feature spec"},
-        **common,
-    )
-    fraction = group.create_array(
-        "valid_fraction",
-        shape=grid.shape,
-        chunks=chunks,
-        dtype=np.float32,
-        fill_value=0.0,
-        dimension_names=["tile_row", "tile_col"],
-        attributes={"description": "fraction of the tile's pixels that are not nodata"},
-        **common,
-    )
-    tmp_dir = _dir_of(store, tmp_path)
-    try:
-        _store_packed(packed, [values, fraction], client)
-        group.attrs.update(
-            {
-                "survey_id": survey_id,
-                "source_sha256": survey.source_sha256,
-                "feature_spec": spec.to_dict(),
-                "grid": grid.to_dict(),
-                "complete": True,  # written last: a group without it is an interrupted run
-            }
+    attributes = {
+        "survey_id": survey_id,
+        "source_sha256": survey.source_sha256,
+        "feature_spec": spec.to_dict(),
+        "grid": grid.to_dict(),
+    }
+    with store.new_group(path, attributes) as group:
+        chunks = (tiles_per_block[0], tiles_per_block[1])
+        common = dict(compressors=zarr.codecs.ZstdCodec(level=3))
+        values = group.create_array(
+            "values",
+            shape=(*grid.shape, spec.n_features),
+            chunks=(*chunks, spec.n_features),
+            dtype=np.float32,
+            fill_value=np.nan,
+            dimension_names=["tile_row", "tile_col", "feature"],
+            attributes={"feature_names": list(spec.names), "units": "see the feature spec"},
+            **common,
         )
-        move_into_place(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
+        fraction = group.create_array(
+            "valid_fraction",
+            shape=grid.shape,
+            chunks=chunks,
+            dtype=np.float32,
+            fill_value=0.0,
+            dimension_names=["tile_row", "tile_col"],
+            attributes={"description": "fraction of the tile's pixels that are not nodata"},
+            **common,
+        )
+        _store_packed(packed, [values, fraction], client)
     result = open_features(store, survey_id, spec, stride, size)
     result.status = "computed"
     return result
@@ -777,7 +573,7 @@ def _store_packed(packed: Any, targets: list, client: Any) -> None:
 
 
 def open_features(
-    store: Any,
+    store: "Store",
     survey_id: str,
     spec: str | FeatureSpec = "default",
     stride: int = TRAINING_STRIDE,
@@ -786,19 +582,14 @@ def open_features(
     """Open stored features (StoreError naming what exists if they were never computed)."""
     spec = get_spec(spec)
     path = features_path(survey_id, spec, stride, size)
-    group, complete = None, False
-    if _dir_of(store, path).is_dir():
-        group = store.open_group(path)
-        complete = bool(group.attrs.get("complete"))
-    if group is None or not complete:
-        base = store.zarr_path / "features" / survey_id
-        available = sorted(str(p.relative_to(base)) for p in base.glob("*/size*_stride*")) if base.is_dir() else []
-        raise StoreError(
-            f"no complete features for survey {survey_id} with spec {spec.id}, tile size {size} and "
-            f"stride {stride} in the store at {store.zarr_path.parent} (available for this survey: "
-            f"{', '.join(available) or 'none'}); compute them with `damwatch features {survey_id} "
-            f"--spec {spec.name} --stride {stride}`"
-        )
+    available = store.complete_groups(f"features/{survey_id}", "*/size*_stride*")
+    group = store.open_complete(
+        path,
+        f"no complete features for survey {survey_id} with spec {spec.id}, tile size {size} and "
+        f"stride {stride} in the store at {store.root} (available for this survey: "
+        f"{', '.join(available) or 'none'}); compute them with `damwatch features {survey_id} "
+        f"--spec {spec.name} --size {size} --stride {stride}`",
+    )
     stored_spec = FeatureSpec.from_dict(dict(group.attrs["feature_spec"]))
     grid = TileGrid.from_dict(dict(group.attrs["grid"]))
     return TileFeatures(

@@ -34,18 +34,7 @@ never dropped silently.
 bands: a per-pixel condition such as ``"ndwi > 0"`` (open water) and a threshold
 ``min_fraction`` (default 0.2): a tile is positive when the condition holds on at least that
 fraction of its valid pixels, negative otherwise, unknown when it is mostly nodata. The
-expression language is tiny and safe (parsed with :mod:`ast`, never ``eval``'d):
-
-- names: the survey's band names (``red``, ``nir``), ``b1``..``bN`` (bands by 1-based number,
-  as GDAL counts them), and the indices ``ndvi`` = (nir − red)/(nir + red) and
-  ``ndwi`` = (green − nir)/(green + nir) (0 where the denominator is 0);
-- numbers, ``+ - * /``, unary ``-``, ``abs(x)``, parentheses;
-- comparisons ``< <= > >= == !=`` (chains like ``0 < ndvi < 0.3`` work);
-- ``and``, ``or``, ``not`` (or ``&``, ``|``, ``~``).
-
-Band values are the raw pixel values (digital numbers, as stored), so ``nir < 60`` means what
-it says on a uint8 survey. The expression must be a condition (a comparison or a logical
-combination of comparisons).
+expression language is :mod:`pipeline.expressions`.
 
 Labels are stored at ``labels/<survey_id>/<name>/size<S>_stride<T>`` (``values`` int8
 (tile_row, tile_col); attrs: source, rule, report, grid), replacing earlier labels of that
@@ -54,22 +43,27 @@ name (default ``"default"``).
 
 from __future__ import annotations
 
-import ast
 import datetime as dt
-import json
 import math
-import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from rasterio.features import rasterize
+from rasterio.warp import transform_geom
+from rasterio.windows import Window
+from rasterio.windows import transform as window_transform
 
-from pipeline.errors import InputError, StoreError
-from pipeline.store import move_into_place
-from pipeline.features import compute_with_progress, map_tile_blocks, resolve_client
+from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
+from pipeline.errors import InputError
+from pipeline.expressions import evaluate_expression, parse_expression
+from pipeline.files import jsonable, parse_date
+from pipeline.geojson import parse_crs, read_features, select_features, single_parts
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.store import Store
 
 __all__ = [
     "POSITIVE",
@@ -78,8 +72,6 @@ __all__ = [
     "TileLabels",
     "labels_from_vector",
     "labels_from_expression",
-    "parse_expression",
-    "evaluate_expression",
     "save_labels",
     "open_labels",
     "labels_path",
@@ -122,87 +114,6 @@ class TileLabels:
 # ----------------------------------------------------------------------------------------------
 # Vector labels
 # ----------------------------------------------------------------------------------------------
-def _read_geojson(path: str | Path) -> tuple[list[dict], str | None]:
-    """Features of a GeoJSON file (FeatureCollection, Feature or bare geometry) and its legacy CRS name."""
-    path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"label file {path} does not exist; give the path of a GeoJSON file") from None
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"label file {path} is not GeoJSON ({exc}); give a GeoJSON FeatureCollection (export "
-            f"other formats with `ogr2ogr -f GeoJSON out.geojson in.shp`)"
-        ) from None
-    crs_name = None
-    if isinstance(doc, dict) and isinstance(doc.get("crs"), dict):
-        crs_name = (doc["crs"].get("properties") or {}).get("name")
-    kind = doc.get("type") if isinstance(doc, dict) else None
-    if kind == "FeatureCollection":
-        features = doc.get("features") or []
-    elif kind == "Feature":
-        features = [doc]
-    elif kind in {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}:
-        features = [{"type": "Feature", "properties": {}, "geometry": doc}]
-    else:
-        raise InputError(
-            f"label file {path} has GeoJSON type {kind!r}; expected a FeatureCollection, a Feature "
-            f"or a geometry"
-        )
-    return features, crs_name
-
-
-def _iso_date(value: Any) -> str:
-    return str(value)[:10]
-
-
-def _select(
-    features: list[dict], where: dict[str, Any] | None, on_date: dt.date | None, path: Path
-) -> tuple[list[dict], int]:
-    """Features matching ``where`` and existing on ``on_date``; also the number without geometry."""
-    where = dict(where or {})
-    props = [f.get("properties") or {} for f in features]
-    for key in where:
-        if not any(key in p for p in props):
-            keys = sorted({k for p in props for k in p})
-            raise InputError(
-                f"label file {path} has no feature with property {key!r} to filter on; its "
-                f"properties are {keys or 'none'}"
-            )
-    if on_date is not None and not any("dates" in p for p in props):
-        raise InputError(
-            f"label file {path} has no `dates` property on any feature, so it cannot be filtered "
-            f"by date {on_date.isoformat()}; drop the date filter (--on-date) or add to each "
-            f"feature a `dates` list of the ISO dates on which it exists"
-        )
-    selected, no_geometry = [], 0
-    for f, p in zip(features, props):
-        ok = True
-        for key, wanted in where.items():
-            allowed = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
-            if p.get(key) not in allowed and str(p.get(key)) not in {str(a) for a in allowed}:
-                ok = False
-        if ok and on_date is not None:
-            ok = on_date.isoformat() in {_iso_date(d) for d in (p.get("dates") or [])}
-        if ok:
-            if not f.get("geometry"):
-                no_geometry += 1
-            else:
-                selected.append(f)
-    return selected, no_geometry
-
-
-def _parts(geometry: dict) -> list[dict]:
-    """Single-part geometries of ``geometry`` (multi-geometries and collections split)."""
-    kind = geometry["type"]
-    if kind == "GeometryCollection":
-        return [p for g in geometry["geometries"] for p in _parts(g)]
-    if kind.startswith("Multi"):
-        single = kind[len("Multi") :]
-        return [{"type": single, "coordinates": c} for c in geometry["coordinates"]]
-    return [geometry]
-
-
 def _all_xy(geometry: dict) -> np.ndarray:
     coords = np.asarray(geometry["coordinates"], dtype=float)
     return coords.reshape(-1, coords.shape[-1])[:, :2]
@@ -217,9 +128,6 @@ def _tile_span(offsets: np.ndarray, size: int, lo: float, hi: float) -> tuple[in
 
 def _pixel_counts(shapes: list[dict], grid: TileGrid, rows: tuple[int, int], cols: tuple[int, int], all_touched: bool):
     """Pixels of ``shapes`` in each tile of rows/cols ranges: (n_r, n_c) int64, and the window's total."""
-    from rasterio.features import rasterize
-    from rasterio.windows import Window, transform as window_transform
-
     ro, co = grid.row_offsets[rows[0] : rows[1]], grid.col_offsets[cols[0] : cols[1]]
     y0, x0 = int(ro[0]), int(co[0])
     window = Window(x0, y0, int(co[-1]) + grid.size - x0, int(ro[-1]) + grid.size - y0)
@@ -296,30 +204,6 @@ def _region_cover(region_parts: list[dict], grid: TileGrid) -> np.ndarray:
     return cover
 
 
-def _parse_crs(crs: Any, crs_name: str | None, path: Path):
-    from rasterio.crs import CRS
-    from rasterio.errors import CRSError
-
-    given = crs if crs is not None else crs_name
-    if given is None:
-        return CRS.from_epsg(4326)  # RFC 7946: GeoJSON coordinates are WGS84 longitude, latitude
-    if isinstance(given, CRS):
-        return given
-    text = str(given)
-    if text.upper() in {"URN:OGC:DEF:CRS:OGC:1.3:CRS84", "CRS84", "OGC:CRS84"}:
-        return CRS.from_epsg(4326)
-    try:
-        return CRS.from_user_input(text)
-    except CRSError:
-        try:
-            return CRS.from_string(text.replace("urn:ogc:def:crs:", "").replace("::", ":"))
-        except CRSError:
-            raise InputError(
-                f"label file {path} names CRS {text!r}, which PROJ does not know; give it as "
-                f"EPSG:<code> (or pass --crs)"
-            ) from None
-
-
 def _survey_valid_fraction(survey: Any, grid: TileGrid) -> np.ndarray:
     """Valid fraction of every tile, reading the survey's valid mask block by block."""
     valid = survey.valid()
@@ -333,7 +217,7 @@ def _survey_valid_fraction(survey: Any, grid: TileGrid) -> np.ndarray:
 
 
 def labels_from_vector(
-    store: Any,
+    store: "Store",
     survey_id: str,
     path: str | Path,
     grid: TileGrid | None = None,
@@ -355,26 +239,24 @@ def labels_from_vector(
     (default: the whole survey). ``crs`` overrides the file's CRS. Saved under ``name`` unless
     ``save`` is false.
     """
-    from rasterio.warp import transform_geom
-
     survey = store.survey(survey_id)
     grid = grid or TileGrid.for_survey(survey)
     _check_grid(grid, survey)
     if not 0 < min_cover <= 1:
         raise InputError(f"polygon cover fraction {min_cover} must lie in (0, 1]")
     path = Path(path)
-    features, crs_name = _read_geojson(path)
-    source_crs = _parse_crs(crs, crs_name, path)
+    features, crs_name = read_features(path, what="label file")
+    source_crs = parse_crs(crs, crs_name, path, what="label file")
     date = None
     if on_date is not None:
-        date = survey.date if str(on_date) == "survey" else _parse_date(on_date)
-    selected, no_geometry = _select(features, where, date, path)
+        date = survey.date if str(on_date) == "survey" else parse_date(on_date, "--on-date", "--on-date 2024-06-01 or --on-date survey")
+    selected, no_geometry = select_features(features, where, date, path, what="label file")
 
     hits = np.zeros(grid.shape, dtype=bool)
     outside = 0
     for f in selected:
         geometry = transform_geom(source_crs, survey.crs, f["geometry"])
-        object_hits, inside = _vector_hits(_parts(geometry), grid, min_cover)
+        object_hits, inside = _vector_hits(single_parts(geometry), grid, min_cover)
         hits |= object_hits
         outside += not inside
 
@@ -382,13 +264,13 @@ def labels_from_vector(
     unknown_region = 0
     if region is not None:
         region_path = Path(region)
-        region_features, region_crs_name = _read_geojson(region_path)
-        region_crs = _parse_crs(crs, region_crs_name, region_path)
+        region_features, region_crs_name = read_features(region_path, what="region file")
+        region_crs = parse_crs(crs, region_crs_name, region_path, what="region file")
         region_parts = [
             p
             for f in region_features
             if f.get("geometry")
-            for p in _parts(transform_geom(region_crs, survey.crs, f["geometry"]))
+            for p in single_parts(transform_geom(region_crs, survey.crs, f["geometry"]))
             if p["type"] == "Polygon"
         ]
         if not region_parts:
@@ -425,15 +307,6 @@ def labels_from_vector(
     return save_labels(store, labels, survey.source_sha256) if save else labels
 
 
-def _parse_date(value: str | dt.date) -> dt.date:
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value)[:10])
-    except ValueError:
-        raise InputError(f"date {value!r} is not an ISO date (YYYY-MM-DD) or 'survey'") from None
-
-
 def _check_grid(grid: TileGrid, survey: Any) -> None:
     if (grid.height, grid.width) != (survey.height, survey.width) or grid.transform != survey.transform:
         raise InputError(
@@ -451,142 +324,6 @@ def _count(labels: TileLabels) -> None:
 # ----------------------------------------------------------------------------------------------
 # Expression labels
 # ----------------------------------------------------------------------------------------------
-_COMPARE = {
-    ast.Lt: np.less,
-    ast.LtE: np.less_equal,
-    ast.Gt: np.greater,
-    ast.GtE: np.greater_equal,
-    ast.Eq: np.equal,
-    ast.NotEq: np.not_equal,
-}
-_ARITHMETIC = {ast.Add: np.add, ast.Sub: np.subtract, ast.Mult: np.multiply, ast.Div: np.divide}
-_LOGICAL = {ast.BitAnd: np.logical_and, ast.BitOr: np.logical_or}
-_INDICES = {"ndvi": ("nir", "red"), "ndwi": ("green", "nir")}  # (a, b): (a − b)/(a + b)
-_FUNCTIONS = {"abs": np.abs}
-
-
-def _names_in(tree: ast.AST) -> set[str]:
-    return {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and not _is_function_name(tree, n)}
-
-
-def _is_function_name(tree: ast.AST, name: ast.Name) -> bool:
-    return any(isinstance(n, ast.Call) and n.func is name for n in ast.walk(tree))
-
-
-def _describe(node: ast.AST) -> str:
-    operators = {ast.Pow: "**", ast.Mod: "%", ast.FloorDiv: "//", ast.MatMult: "@", ast.BitXor: "^", ast.LShift: "<<", ast.RShift: ">>"}
-    if type(node) in operators:
-        return operators[type(node)]
-    try:
-        return ast.unparse(node) or type(node).__name__
-    except Exception:  # noqa: BLE001 - some nodes have no source form
-        return type(node).__name__
-
-
-def parse_expression(expr: str, band_names: tuple[str, ...] | list[str], survey_id: str = "the survey") -> ast.Expression:
-    """Parse and check a band expression (language: module docstring); InputError if it is unusable."""
-    allowed_names = set(band_names) | {f"b{i + 1}" for i in range(len(band_names))}
-    allowed_names |= {k for k, (a, b) in _INDICES.items() if a in band_names and b in band_names}
-    help_names = ", ".join(sorted(allowed_names))
-    try:
-        tree = ast.parse(expr.strip(), mode="eval")
-    except SyntaxError as exc:
-        raise InputError(f"band expression {expr!r} is not valid ({exc.msg}); write e.g. 'ndwi > 0'") from None
-    for node in ast.walk(tree):
-        ok = isinstance(
-            node,
-            (ast.Expression, ast.Compare, ast.BoolOp, ast.And, ast.Or, ast.BinOp, ast.UnaryOp, ast.Name, ast.Load, ast.Call),
-        ) or type(node) in _COMPARE or type(node) in _ARITHMETIC or type(node) in _LOGICAL
-        ok |= isinstance(node, (ast.USub, ast.UAdd, ast.Not, ast.Invert))
-        ok |= isinstance(node, ast.Constant) and isinstance(node.value, (int, float)) and not isinstance(node.value, bool)
-        if isinstance(node, ast.Call):
-            ok = isinstance(node.func, ast.Name) and node.func.id in _FUNCTIONS and len(node.args) == 1 and not node.keywords
-        if not ok:
-            raise InputError(
-                f"band expression {expr!r} uses {_describe(node)!r}, "
-                f"which the expression language does not allow; use band names ({help_names}), numbers, "
-                f"+ - * /, abs(), comparisons and and/or/not"
-            )
-    unknown = sorted(_names_in(tree) - allowed_names)
-    if unknown:
-        missing_index = [n for n in unknown if n in _INDICES]
-        extra = (
-            f" ({', '.join(missing_index)} need{'s' if len(missing_index) == 1 else ''} bands "
-            f"{' and '.join(sorted({b for n in missing_index for b in _INDICES[n]}))})"
-            if missing_index
-            else ""
-        )
-        raise InputError(
-            f"band expression {expr!r} names {', '.join(unknown)}, which {survey_id} does not have"
-            f"{extra}; it has bands {list(band_names)}, so the expression may use {help_names}"
-        )
-    body = tree.body
-    is_condition = isinstance(body, (ast.Compare, ast.BoolOp)) or (
-        isinstance(body, ast.UnaryOp) and isinstance(body.op, (ast.Not, ast.Invert))
-    ) or (isinstance(body, ast.BinOp) and type(body.op) in _LOGICAL)
-    if not is_condition:
-        raise InputError(
-            f"band expression {expr!r} is a value, not a condition; compare it with a threshold, "
-            f"e.g. '{expr.strip()} > 0'"
-        )
-    return tree
-
-
-def evaluate_expression(tree: ast.Expression, bands: dict[str, np.ndarray]) -> np.ndarray:
-    """Evaluate a parsed expression over pixel arrays ``bands`` (name → array, float); returns bool."""
-    cache: dict[str, np.ndarray] = {}
-
-    def name(n: str) -> np.ndarray:
-        if n not in cache:
-            if n in bands:
-                cache[n] = bands[n]
-            elif n in _INDICES:
-                a, b = (bands[k] for k in _INDICES[n])
-                den = a + b
-                out = np.zeros_like(den)
-                np.divide(a - b, den, out=out, where=den != 0)
-                cache[n] = out
-            else:  # b1..bN
-                cache[n] = bands[f"b{int(n[1:])}"]
-        return cache[n]
-
-    def ev(node: ast.AST):
-        if isinstance(node, ast.Expression):
-            return ev(node.body)
-        if isinstance(node, ast.Constant):
-            return node.value
-        if isinstance(node, ast.Name):
-            return name(node.id)
-        if isinstance(node, ast.BinOp):
-            op = _ARITHMETIC.get(type(node.op)) or _LOGICAL[type(node.op)]
-            return op(ev(node.left), ev(node.right))
-        if isinstance(node, ast.UnaryOp):
-            value = ev(node.operand)
-            if isinstance(node.op, (ast.Not, ast.Invert)):
-                return np.logical_not(value)
-            return -value if isinstance(node.op, ast.USub) else value
-        if isinstance(node, ast.BoolOp):
-            op = np.logical_and if isinstance(node.op, ast.And) else np.logical_or
-            result = ev(node.values[0])
-            for v in node.values[1:]:
-                result = op(result, ev(v))
-            return result
-        if isinstance(node, ast.Compare):
-            left, result = ev(node.left), None
-            for op, right_node in zip(node.ops, node.comparators):
-                right = ev(right_node)
-                part = _COMPARE[type(op)](left, right)
-                result = part if result is None else np.logical_and(result, part)
-                left = right
-            return result
-        if isinstance(node, ast.Call):
-            return _FUNCTIONS[node.func.id](ev(node.args[0]))
-        raise AssertionError(f"unchecked node {node!r}")  # parse_expression refuses these
-
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.asarray(ev(tree), dtype=bool)
-
-
 def _expression_block(block, valid, ro, co, size, expr, band_names) -> np.ndarray:
     """Per tile of one block: (fraction of valid pixels where ``expr`` holds, valid fraction)."""
     tree = parse_expression(expr, band_names)
@@ -606,7 +343,7 @@ def _expression_block(block, valid, ro, co, size, expr, band_names) -> np.ndarra
 
 
 def labels_from_expression(
-    store: Any,
+    store: "Store",
     survey_id: str,
     expr: str,
     grid: TileGrid | None = None,
@@ -668,20 +405,22 @@ def labels_path(survey_id: str, name: str = "default", stride: int = TRAINING_ST
     return f"labels/{survey_id}/{name}/size{int(size)}_stride{int(stride)}"
 
 
-def save_labels(store: Any, labels: TileLabels, source_sha256: str | None = None) -> TileLabels:
+def save_labels(store: "Store", labels: TileLabels, source_sha256: str | None = None) -> TileLabels:
     """Write ``labels`` to the store (replacing labels of the same name and grid); returns them with ``path``."""
-    import zarr
+    import zarr  # here, not at the top: the command line imports this module to check its input
 
     if not labels.name or "/" in labels.name or labels.name.startswith("."):
         raise InputError(f"label set name {labels.name!r} must be a plain name such as 'default' or 'water'")
     grid = labels.grid
     path = labels_path(labels.survey_id, labels.name, grid.stride, grid.size)
-    parent, leaf = path.rsplit("/", 1)
-    tmp_name = f".tmp-{leaf}-{uuid.uuid4().hex[:8]}"
-    root = zarr.open_group(store=str(store.zarr_path), mode="a")
-    group = root.require_group(parent).create_group(tmp_name)
-    tmp_dir, final_dir = store.zarr_path / parent / tmp_name, store.zarr_path / path
-    try:
+    attributes = {
+        "survey_id": labels.survey_id,
+        "source": labels.source,
+        "report": jsonable(labels.report),
+        "grid": grid.to_dict(),
+        "source_sha256": source_sha256,
+    }
+    with store.new_group(path, attributes) as group:
         group.create_array(
             "values",
             data=np.asarray(labels.values, dtype=np.int8),
@@ -690,30 +429,12 @@ def save_labels(store: Any, labels: TileLabels, source_sha256: str | None = None
             dimension_names=["tile_row", "tile_col"],
             attributes={"flag_values": [1, 0, -1], "flag_meanings": "positive negative unknown"},
         )
-        group.attrs.update(
-            {
-                "survey_id": labels.survey_id,
-                "source": labels.source,
-                "report": _jsonable(labels.report),
-                "grid": grid.to_dict(),
-                "source_sha256": source_sha256,
-                "complete": True,  # written last
-            }
-        )
-        move_into_place(tmp_dir, final_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     labels.path = path
     return labels
 
 
-def _jsonable(value: Any) -> Any:
-    return json.loads(json.dumps(value, default=str))
-
-
 def open_labels(
-    store: Any,
+    store: "Store",
     survey_id: str,
     name: str = "default",
     stride: int = TRAINING_STRIDE,
@@ -721,17 +442,14 @@ def open_labels(
 ) -> TileLabels:
     """Open stored labels (StoreError naming the labels that exist if these do not)."""
     path = labels_path(survey_id, name, stride, size)
-    directory = store.zarr_path / path
-    group = store.open_group(path) if directory.is_dir() else None
-    if group is None or not group.attrs.get("complete"):
-        base = store.zarr_path / "labels" / survey_id
-        available = sorted(str(p.relative_to(base)) for p in base.glob("*/size*_stride*")) if base.is_dir() else []
-        raise StoreError(
-            f"no labels {name!r} for survey {survey_id} with tile size {size} and stride {stride} in "
-            f"the store at {store.zarr_path.parent} (available for this survey: "
-            f"{', '.join(available) or 'none'}); make them with `damwatch labels {survey_id} "
-            f"--from FILE` or `--expr EXPR`"
-        )
+    available = store.complete_groups(f"labels/{survey_id}", "*/size*_stride*")
+    group = store.open_complete(
+        path,
+        f"no labels {name!r} for survey {survey_id} with tile size {size} and stride {stride} in "
+        f"the store at {store.root} (available for this survey: {', '.join(available) or 'none'}); "
+        f"make them with `damwatch labels {survey_id} --from FILE --size {size} --stride {stride}` "
+        f"or `--expr EXPR`",
+    )
     attrs = dict(group.attrs)
     return TileLabels(
         survey_id=survey_id,

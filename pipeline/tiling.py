@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from pipeline.errors import InputError
@@ -200,8 +201,6 @@ class TileGrid:
         else:
             if self.crs is None:
                 raise InputError("this tile grid has no CRS, so its tiles have no WGS84 bounds")
-            from rasterio.warp import transform as warp_transform
-
             xs, ys = self._corner_grid(21, rows, cols)
             shape = xs.shape
             lon, lat = warp_transform(self.crs, WGS84, xs.ravel(), ys.ravel())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-
 __all__ = ["add_store_argument", "add_cluster_arguments", "open_store", "prepare_flow_run", "stage_status"]
 
 
@@ -51,7 +50,7 @@ def prepare_flow_run() -> None:
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    from flows.tasks import hide_user_error_tracebacks
+    from flows.failures import hide_user_error_tracebacks
 
     hide_user_error_tracebacks()
 

@@ -65,7 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.detect import check_model_bands, resolve_model
     from pipeline.errors import InputError
-    from pipeline.maps import read_truth, refuse_existing_results
+    from pipeline.evaluate import read_truth
+    from pipeline.outputs import refuse_existing_results
 
     store = open_store(args)
     # Everything a user can get wrong is checked before Prefect, a cluster or any work starts.

@@ -47,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flows.ingest import ingest_flow
-    from pipeline.store import check_input, survey_id_for
+    from pipeline.files import survey_id_for
+    from pipeline.ingest import check_input
 
     # Everything a user can get wrong in the arguments is checked before Prefect starts.
     store = open_store(args)

@@ -94,12 +94,13 @@ def run(args: argparse.Namespace) -> int:
     # What a user can get wrong fails here, before Prefect or a cluster starts: unreadable files
     # and expressions over bands the survey lacks (the labelling stage checks the rest).
     if args.path:
-        from pipeline.labels import _read_geojson
+        from pipeline.geojson import read_features
 
-        for path in filter(None, (args.path, args.region)):
-            _read_geojson(path)
+        read_features(args.path, what="label file")
+        if args.region:
+            read_features(args.region, what="region file")
     else:
-        from pipeline.labels import parse_expression
+        from pipeline.expressions import parse_expression
 
         parse_expression(args.expr, survey.bands, f"survey {args.survey}")
     prepare_flow_run()

@@ -54,7 +54,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.deployments import WATCH_DEPLOYMENT, require_server, serve_deployments, train_deployment, watch_deployment
+    from flows.deployments import (
+        WATCH_DEPLOYMENT,
+        require_server,
+        serve_deployments,
+        train_deployment,
+        watch_deployment,
+    )
 
     require_server()  # before anything else: the clearest error first
     watch = watch_deployment(

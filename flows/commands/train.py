@@ -98,13 +98,39 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_cluster_arguments(parser)
 
 
+def settings_from(args: argparse.Namespace):
+    """The :class:`pipeline.training.TrainingSettings` the options describe."""
+    from pipeline.training import TrainingSettings
+
+    return TrainingSettings.from_dict({
+        "spec": args.spec,
+        "labels": args.labels,
+        "size": args.tile_size,
+        "stride": args.stride,
+        "hidden": list(args.hidden),
+        "holdout": {"test_fraction": args.holdout_test, "val_fraction": args.holdout_val},
+        "config": {
+            "optimizer": args.optimizer,
+            "learning_rate": args.learning_rate,
+            "batch_size": args.batch_size,
+            "max_epochs": args.epochs,
+            "patience": args.patience,
+            "target": args.target_accuracy,
+            "metric": "accuracy",
+            "class_weight": None if args.class_weight == "none" else args.class_weight,
+            "seed": args.seed,
+        },
+        "n_shards": args.shards,
+        "micro_batch": args.micro_batch,
+        "target_precision": args.precision,
+        "target_recall": args.recall,
+    })
+
+
 def run(args: argparse.Namespace) -> int:
     import json
-    import os
-    import shutil
     from pathlib import Path
 
-    from ann.train import TrainConfig
     from pipeline.errors import InputError
     from pipeline.features import open_features
     from pipeline.labels import open_labels
@@ -115,43 +141,28 @@ def run(args: argparse.Namespace) -> int:
     if args.target_accuracy is not None and not 0 < args.target_accuracy <= 1:
         raise InputError(f"--target-accuracy must be a fraction in (0, 1], got {args.target_accuracy}")
     store = open_store(args)
-    config = TrainConfig(
-        optimizer=args.optimizer,
-        learning_rate=args.learning_rate,
-        max_epochs=args.epochs,
-        patience=args.patience,
-        target=args.target_accuracy,
-        metric="accuracy",
-        class_weight=None if args.class_weight == "none" else args.class_weight,
-        seed=args.seed,
-    )
+    settings = settings_from(args)
     for survey_id in args.surveys:  # the store names what is missing and the command that makes it
         store.survey(survey_id)
-        open_features(store, survey_id, args.spec, args.stride, args.tile_size)
-        open_labels(store, survey_id, args.labels, args.stride, args.tile_size)
+        open_features(store, survey_id, settings.spec, settings.stride, settings.size)
+        open_labels(store, survey_id, settings.labels, settings.stride, settings.size)
     if args.report and not Path(args.report).resolve().parent.is_dir():
         raise InputError(f"--report {args.report}: directory {Path(args.report).parent} does not exist; create it first")
     prepare_flow_run()
     from flows.train import train_flow
 
     summary = train_flow(
-        surveys=list(args.surveys), store=str(store.root), labels=args.labels, spec=args.spec,
-        settings=config.to_dict(),
-        holdout={"test_fraction": args.holdout_test, "val_fraction": args.holdout_val},
-        hidden=list(args.hidden), stride=args.stride, size=args.tile_size,
+        surveys=list(args.surveys), store=str(store.root), settings=settings.to_dict(),
         cluster=args.cluster, workers=args.workers,
-        n_shards=args.shards, batch_size=args.batch_size, micro_batch=args.micro_batch,
-        target_precision=args.precision, target_recall=args.recall,
         make_features=False,  # features come from `damwatch features`, checked above
     )
     model_id = summary["model_id"]
     report_file = Path(summary["maps"]["report"])
     report = json.loads(report_file.read_text())
     if args.report:
-        path = Path(args.report)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        shutil.copyfile(report_file, tmp)
-        tmp.replace(path)
+        from pipeline.files import write_json
+
+        write_json(args.report, report)
     counts = report["counts"]
     history = report["history"]
     best = history["epochs"][history["best_epoch"]] if history["best_epoch"] is not None else {}

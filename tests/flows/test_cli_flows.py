@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from flows.cli import main
-from pipeline.store import Store, ingest
+from pipeline.ingest import ingest
+from pipeline.store import Store
 
 
 @pytest.fixture
@@ -105,7 +106,7 @@ def test_bad_input_found_inside_a_flow_is_one_paragraph_and_a_failed_run(prefect
         env={**os.environ, "PREFECT_API_URL": prefect}, cwd=Path(__file__).resolve().parents[2],
     )
     assert done.returncode == 2, done.stderr
-    assert "damwatch labels: error: date 'June 2024' is not an ISO date" in done.stderr
+    assert "damwatch labels: error: --on-date 'June 2024' is not of the form YYYY-MM-DD" in done.stderr
     assert "Traceback" not in done.stderr and "Traceback" not in done.stdout
     with get_client(sync_client=True) as client:
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["labels"])))

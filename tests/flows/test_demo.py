@@ -13,7 +13,8 @@ import json
 
 import pytest
 
-from flows.demo import DETECTION_STRIDE, demo_flow
+from flows.demo import demo_flow, training_settings
+from pipeline.tiling import DETECTION_STRIDE
 
 pytestmark = pytest.mark.slow
 
@@ -23,7 +24,7 @@ SIZE, SEED = 1536, 4
 # Training on the detection grid makes the training's own test metrics (tiles of the training
 # grid) a second, independent route to the demo's held-out figures (tiles of the detection grid).
 # Fewer epochs than the demo's default keep the test quick; the flow is the same.
-TEST_SETTINGS = {"training_stride": DETECTION_STRIDE, "training": {"max_epochs": 60, "patience": 20}}
+TEST_SETTINGS = {"training": {"stride": DETECTION_STRIDE, "config": {"max_epochs": 60, "patience": 20}}}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,6 @@ def test_demo_end_to_end_at_a_small_size(demo, dask_client, capsys):
 def test_stage_flows_on_the_demo_store_find_the_demo_s_work_done(demo, dask_client):
     """train/detect/change flows with the demo's settings are the same stages: all skipped."""
     from flows.change import change_flow
-    from flows.demo import DEFAULT_HIDDEN, DEFAULT_SPEC, DEFAULT_TRAINING
     from flows.detect import detect_flow
     from flows.train import train_flow
 
@@ -79,9 +79,8 @@ def test_stage_flows_on_the_demo_store_find_the_demo_s_work_done(demo, dask_clie
     cluster = dask_client.scheduler.address
     first, last = demo["surveys"]
 
-    trained = train_flow([first], store=str(out), truth=truth, where={"class": "dam"}, spec=DEFAULT_SPEC,
-                         settings={**DEFAULT_TRAINING, **TEST_SETTINGS["training"]},
-                         hidden=DEFAULT_HIDDEN, stride=DETECTION_STRIDE, cluster=cluster)
+    trained = train_flow([first], store=str(out), truth=truth, where={"class": "dam"},
+                         settings=training_settings(TEST_SETTINGS["training"]).to_dict(), cluster=cluster)
     assert trained["model_id"] == demo["model_id"] and {s["status"] for s in trained["stages"]} == {"skipped"}
     assert trained["train"] == demo["train"]
 

@@ -75,43 +75,43 @@ def test_unchanged_inputs_skip_the_stage_and_changed_inputs_redo_it(prefect, tmp
 
 
 def test_rerun_after_a_crash_redoes_only_the_stage_that_did_not_finish(prefect, tmp_path, write_survey, cluster, monkeypatch):
-    import pipeline.features
+    import flows.tasks
 
     path = tmp_path / "creek_2024-06-01.tif"
     write_survey(path, height=260, width=390, seed=3)
     store = Store(tmp_path / "st")
-    real = pipeline.features.compute_features
+    real = flows.tasks.compute_features
 
     def crash(*args, **kwargs):
         raise RuntimeError("worker machine rebooted")  # not transient by our rule: no retry
 
-    monkeypatch.setattr(pipeline.features, "compute_features", crash)
+    monkeypatch.setattr(flows.tasks, "compute_features", crash)
     with pytest.raises(RuntimeError, match="rebooted"):
         survey_pipeline(str(path), "creek", "2024-06-01", store=str(store.root), stride=128, cluster=cluster)
     failed_run = max(store.runs_dir.iterdir())
     assert json.loads((failed_run / "provenance.json").read_text())["status"] == "failed"
 
-    monkeypatch.setattr(pipeline.features, "compute_features", real)
+    monkeypatch.setattr(flows.tasks, "compute_features", real)
     result = survey_pipeline(str(path), "creek", "2024-06-01", store=str(store.root), stride=128, cluster=cluster)
     assert [(s["stage"], s["status"]) for s in result["stages"]] == [("ingest", "skipped"), ("features", "done")]
 
     # The stored features equal the pipeline function's on a store of our own.
     reference_store = Store(tmp_path / "reference")
-    from pipeline.store import ingest
+    from pipeline.ingest import ingest
 
     ingest(path, "creek", "2024-06-01", reference_store)
     expected = real(reference_store, "creek-2024-06-01", "default", stride=128)
-    got = pipeline.features.open_features(store, "creek-2024-06-01", "default", stride=128)
+    got = flows.tasks.open_features(store, "creek-2024-06-01", "default", stride=128)
     np.testing.assert_array_equal(np.asarray(got.values[...]), np.asarray(expected.values[...]))
     assert result["features"]["grid"] == list(expected.grid.shape)
 
 
 def test_transient_failures_are_retried_and_bad_input_is_not(prefect, tmp_path, write_survey, cluster, monkeypatch):
-    import pipeline.store
+    import flows.tasks
 
     path = tmp_path / "creek_2024-06-01.tif"
     write_survey(path, seed=4)
-    real = pipeline.store.ingest
+    real = flows.tasks.ingest
     calls = []
 
     def flaky(*args, **kwargs):
@@ -120,7 +120,7 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect, tmp_path, 
             raise OSError("NFS hiccup")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline.store, "ingest", flaky)
+    monkeypatch.setattr(flows.tasks, "ingest", flaky)
     result = ingest_flow(str(path), "creek", "2024-06-01", store=str(tmp_path / "st"), cluster=cluster)
     assert len(calls) == 2 and result["ingest"]["status"] == "ingested"
 
@@ -130,7 +130,7 @@ def test_transient_failures_are_retried_and_bad_input_is_not(prefect, tmp_path, 
         calls.append(1)
         raise InputError("input is not a raster")
 
-    monkeypatch.setattr(pipeline.store, "ingest", refuse)
+    monkeypatch.setattr(flows.tasks, "ingest", refuse)
     with pytest.raises(InputError, match="not a raster"):
         ingest_flow(str(path), "creek", "2024-06-02", store=str(tmp_path / "st"), cluster=cluster)
     assert len(calls) == 1
@@ -158,9 +158,9 @@ def _save_model_for(store, survey_id, stride):
 def test_survey_pipeline_detects_and_compares_with_the_previous_survey(prefect, tmp_path, write_survey, cluster):
     from pipeline.change import compare_predictions
     from pipeline.detect import open_predictions
+    from pipeline.detections import detections_geojson
     from pipeline.features import open_features
-    from pipeline.maps import detections_geojson
-    from pipeline.store import ingest
+    from pipeline.ingest import ingest
 
     store = Store(tmp_path / "st")
     first, second = tmp_path / "creek_2023-06-01.tif", tmp_path / "creek_2024-06-01.tif"

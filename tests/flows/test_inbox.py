@@ -48,7 +48,7 @@ def test_sidecar_wins_over_file_name(tmp_path, sidecar):
     [
         ("{not json", "not a JSON object"),
         (json.dumps({"area": "pond"}), "not a JSON object"),
-        (json.dumps({"area": "pond", "date": "2022-13-01"}), "not a calendar date"),
+        (json.dumps({"area": "pond", "date": "2022-13-01"}), "not a real calendar date"),
     ],
 )
 def test_malformed_sidecar_is_an_input_error(tmp_path, content, message):
@@ -126,8 +126,8 @@ def test_claim_of_a_dead_process_is_taken_over_but_a_live_one_is_not(tmp_path):
 
 
 def test_content_hash_is_cached_until_the_file_changes(tmp_path, monkeypatch):
-    import pipeline.store
-    from pipeline.store import file_sha256
+    import flows.inbox
+    from pipeline.files import file_sha256
 
     ledger = Ledger(tmp_path / "ledger")
     path = tmp_path / "creek_2024-06-01.tif"
@@ -135,8 +135,8 @@ def test_content_hash_is_cached_until_the_file_changes(tmp_path, monkeypatch):
     assert ledger.content_hash(path) == file_sha256(path)
 
     calls = []
-    real = pipeline.store.file_sha256
-    monkeypatch.setattr(pipeline.store, "file_sha256", lambda p: calls.append(p) or real(p))
+    real = flows.inbox.file_sha256
+    monkeypatch.setattr(flows.inbox, "file_sha256", lambda p: calls.append(p) or real(p))
     assert ledger.content_hash(path) == file_sha256(path) and calls == []  # unchanged: cached
 
     path.write_bytes(b"second, longer version")

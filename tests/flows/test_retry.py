@@ -19,7 +19,7 @@ from pipeline.errors import InputError
     ],
 )
 def test_only_transient_failures_are_retried(exc, transient):
-    from flows.tasks import is_transient
+    from flows.failures import is_transient
 
     assert is_transient(exc) is transient
 
@@ -28,7 +28,7 @@ def test_dask_lost_workers_are_transient_and_model_errors_are_not():
     from distributed.scheduler import KilledWorker
 
     from ann.errors import ModelFileError
-    from flows.tasks import is_transient
+    from flows.failures import is_transient
     from pipeline.errors import StoreError
 
     assert is_transient(KilledWorker("task", "worker", 3))

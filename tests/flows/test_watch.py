@@ -14,7 +14,8 @@ import pytest
 
 from flows.inbox import Ledger
 from flows.watch import watch_flow
-from pipeline.store import Store, file_sha256
+from pipeline.files import file_sha256
+from pipeline.store import Store
 
 
 @pytest.fixture

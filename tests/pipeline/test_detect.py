@@ -18,10 +18,12 @@ import rasterio
 from affine import Affine
 
 from flows.cli import main
-from pipeline import __version__, change, detect, maps
+from pipeline import __version__, change, detect, maps, render
 from pipeline.errors import InputError
 from pipeline.features import compute_features, get_spec, open_features
-from pipeline.store import Store, ingest
+from pipeline.files import file_sha256
+from pipeline.ingest import ingest
+from pipeline.store import Store
 from pipeline.tiling import TileGrid
 
 pytestmark = pytest.mark.naip
@@ -127,17 +129,17 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
 
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["damwatch_version"] == __version__
-    assert prov["inputs"]["survey"]["source_sha256"] == maps.file_sha256(naip["files"][0])
+    assert prov["inputs"]["survey"]["source_sha256"] == file_sha256(naip["files"][0])
     assert prov["inputs"]["model"]["id"] == mid
-    assert prov["inputs"]["model"]["npz_sha256"] == maps.file_sha256(store.models_dir / f"{mid}.npz")
+    assert prov["inputs"]["model"]["npz_sha256"] == file_sha256(store.models_dir / f"{mid}.npz")
     assert TileGrid.from_dict(prov["tile_grid"]) == pred.grid
-    assert prov["outputs"]["probability"]["sha256"] == maps.file_sha256(out / "probability.tif")
+    assert prov["outputs"]["probability"]["sha256"] == file_sha256(out / "probability.tif")
 
     # The same --out again: refused, nothing touched; with --overwrite: replaced.
-    before = {p.name: maps.file_sha256(p) for p in out.iterdir()}
+    before = {p.name: file_sha256(p) for p in out.iterdir()}
     assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--out", str(out)) == 2
     assert "already holds results" in _err(capsys)
-    assert {p.name: maps.file_sha256(p) for p in out.iterdir()} == before
+    assert {p.name: file_sha256(p) for p in out.iterdir()} == before
     stamp = (out / "probability.tif").stat().st_mtime_ns
     assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--out", str(out), "--overwrite") == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["maps"]  # no temporary directory left
@@ -348,7 +350,7 @@ def test_model_tile_size_from_metadata(metadata, expected):
 
 def test_survey_thumbnail_equals_numpy_on_the_whole_image(naip, dask_client):
     survey = naip["store"].survey(naip["ids"][0])
-    thumb, transform = maps.survey_thumbnail(survey, max_side=200, client=dask_client)
+    thumb, transform = render.survey_thumbnail(survey, max_side=200, client=dask_client)
     k = 5  # ceil(934 / 200)
     assert transform == survey.transform * Affine.scale(k)
     image = np.asarray(survey.image()[...])[[0, 1, 2], ::k, ::k].astype(np.float32)  # red, green, blue

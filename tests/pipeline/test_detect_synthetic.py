@@ -16,7 +16,8 @@ import pytest
 from flows.cli import main
 from pipeline import detect
 from pipeline.features import compute_features, get_spec
-from pipeline.store import Store, ingest
+from pipeline.ingest import ingest
+from pipeline.store import Store
 from pipeline.tiling import TileGrid
 
 RGBN = ["red", "green", "blue", "nir"]

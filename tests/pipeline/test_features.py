@@ -282,7 +282,8 @@ def test_dask_features_equal_numpy_on_the_whole_array(dask_client, size, stride,
 @pytest.fixture(scope="module")
 def naip_store(tmp_path_factory, naip_files):
     """The 2009 and 2015 NAIP surveys in a store, chunked at 256 px so tiles straddle chunks."""
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
 
     store = Store(tmp_path_factory.mktemp("features") / "damwatch-data")
     for path, date in [(naip_files[0], "2009-08-18"), (naip_files[4], "2015-09-26")]:
@@ -336,7 +337,7 @@ def test_stored_features_layout_reuse_and_overwrite(naip_store, dask_client):
 
 @pytest.mark.naip
 def test_missing_features_and_missing_bands_are_clear_errors(naip_store):
-    with pytest.raises(StoreError, match="damwatch features naip-2009-08-18 --spec default --stride 96"):
+    with pytest.raises(StoreError, match="damwatch features naip-2009-08-18 --spec default --size 128 --stride 96"):
         open_features(naip_store, "naip-2009-08-18", "default", stride=96)
     with pytest.raises(InputError, match="multiple of the 32-cell thumbnail"):
         compute_features(naip_store, "naip-2009-08-18", size=100, stride=100)
@@ -366,7 +367,8 @@ def test_features_command(naip_store, dask_client, prefect, capsys):
 @pytest.mark.naip
 def test_features_command_refuses_a_survey_without_the_spec_bands(tmp_path, naip_files, capsys):
     from flows.cli import main
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
 
     store = Store(tmp_path / "damwatch-data")
     ingest(naip_files[0], "naip", "2009-08-18", store)  # no --bands: band1..band4
@@ -378,7 +380,7 @@ def test_features_command_refuses_a_survey_without_the_spec_bands(tmp_path, naip
 def test_local_threads_without_a_cluster_equal_numpy():
     import dask.array as da
 
-    from pipeline.features import compute_with_progress
+    from pipeline.blocks import compute_with_progress
 
     spec = FeatureSpec("test-rgbn8", 1, ("red", "green", "blue", "nir"), thumbnail=8)
     image, valid = _scene(200, 150, seed=3)
@@ -393,7 +395,8 @@ def test_local_threads_without_a_cluster_equal_numpy():
 
 @pytest.mark.naip
 def test_features_of_a_replaced_survey_are_recomputed(tmp_path, naip_files, dask_client):
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
 
     store = Store(tmp_path / "damwatch-data")
     bands = ("red", "green", "blue", "nir")

@@ -34,7 +34,8 @@ RGBN = ("red", "green", "blue", "nir")
 @pytest.fixture(scope="module")
 def survey_store(tmp_path_factory):
     """A constructed 512 × 640 survey in UTM 14N, ingested on 2021-06-01."""
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
 
     tmp = tmp_path_factory.mktemp("labels")
     pixels = np.full((4, HEIGHT, WIDTH), 100, dtype=np.uint8)
@@ -225,7 +226,8 @@ def test_missing_band_for_an_index(survey_store):
 
 @pytest.mark.naip
 def test_ndwi_expression_labels_naip_ponds(tmp_path, naip_files, dask_client):
-    from pipeline.store import Store, ingest
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
 
     store = Store(tmp_path / "damwatch-data")
     ingest(naip_files[4], "naip", "2015-09-26", store, bands=RGBN, chunk_edge=256)

@@ -14,7 +14,8 @@ from rasterio.transform import from_origin
 
 from flows.cli import main
 from pipeline.errors import InputError, StoreError
-from pipeline.store import Store, _strips, ingest
+from pipeline.ingest import _strips, ingest
+from pipeline.store import Store
 
 NAIP_BANDS = ["red", "green", "blue", "nir"]
 

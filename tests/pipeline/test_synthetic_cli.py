@@ -104,7 +104,7 @@ def test_an_earlier_output_is_refused_without_overwrite(tmp_path, capsys):
 
 
 def test_synthetic_surveys_ingest_into_the_store_with_their_band_names(tmp_path, store):
-    from pipeline.store import ingest
+    from pipeline.ingest import ingest
     from pipeline.synthetic import generate_area
 
     result = generate_area(tmp_path / "s", "creek", ["2023-06-01", "2024-06-01"], 640, 5, workers=1, progress=False)

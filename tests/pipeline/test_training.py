@@ -20,21 +20,21 @@ from ann.shards import ShardPlan
 from ann.train import TrainConfig
 from flows.cli import main
 from pipeline.errors import InputError
-from pipeline.features import compute_features, get_spec, open_features
-from pipeline.labels import labels_from_expression
-from pipeline.store import Store, ingest
-from pipeline.training import (
+from pipeline.examples import (
     GAP,
     TEST,
     TRAIN,
     VALIDATION,
     HoldOut,
     StoreShardLoader,
-    choose_threshold,
     column_regions,
     example_table,
-    train_model,
 )
+from pipeline.features import compute_features, get_spec, open_features
+from pipeline.ingest import ingest
+from pipeline.labels import labels_from_expression
+from pipeline.store import Store
+from pipeline.training import TrainingSettings, choose_threshold, train_model
 
 SIZE = 32  # small tiles: enough examples from a 934 x 723 px survey
 LABELS = "water"
@@ -155,10 +155,10 @@ def _held_out_reference(store, ids, clf, region):
 
 def test_train_model_in_process_and_on_dask_agree_and_report_held_out_metrics(naip_store, dask_client):
     store, ids = naip_store
-    kwargs = dict(config=TrainConfig(max_epochs=8, learning_rate=0.01, class_weight="balanced"),
-                  hidden=(16,), batch_size=256, micro_batch=64, stride=SIZE, size=SIZE)
-    clf1, id1, report1 = train_model(store, ids, "rgbn", LABELS, workers=1, **kwargs)
-    clf2, id2, report2 = train_model(store, ids, "rgbn", LABELS, client=dask_client, **kwargs)
+    settings = TrainingSettings(spec="rgbn", labels=LABELS, size=SIZE, stride=SIZE, hidden=(16,), micro_batch=64,
+                                config=TrainConfig(max_epochs=8, learning_rate=0.01, class_weight="balanced", batch_size=256))
+    clf1, id1, report1 = train_model(store, ids, settings, workers=1)
+    clf2, id2, report2 = train_model(store, ids, settings, client=dask_client)
     assert (report1.workers, report2.workers) == (1, 2)
     for a, b in zip(clf1.network.params, clf2.network.params):
         np.testing.assert_array_equal(a, b)  # the worker count never changes the weights
@@ -197,8 +197,8 @@ def test_train_command(naip_store, tmp_path, prefect, capsys):
     assert json.loads((run_dir / "train-report.json").read_text()) == report
     run = json.loads((run_dir / "provenance.json").read_text())
     assert run["flow"] == "train" and run["status"] == "completed" and run["prefect_flow_run_id"]
-    params = run["parameters"]
-    assert (params["batch_size"], params["settings"]["max_epochs"], params["size"], params["labels"]) == (512, 3, SIZE, LABELS)
+    settings = run["parameters"]["settings"]
+    assert (settings["config"]["batch_size"], settings["config"]["max_epochs"], settings["size"], settings["labels"]) == (512, 3, SIZE, LABELS)
     assert report["workers"] == 1  # --workers 1: trained in this process, without Dask
 
     assert main(["train", "--survey", "prairie-1999-01-01", *common, "--workers", "1"]) == 2

@@ -1,0 +1,252 @@
+"""GeoJSON in and out: vector objects as damwatch reads and writes them.
+
+*GeoJSON* (RFC 7946) holds features: a geometry (point, line, polygon, or multi-parts) and
+free properties. damwatch **writes** it as the RFC says: longitude/latitude on WGS84, exterior
+rings counter-clockwise and holes clockwise, a ``bbox`` per feature, no ``crs`` member
+(:func:`to_wgs84`, :func:`feature`, :func:`feature_collection`). It **reads** what people
+actually have (:func:`read_features`): a FeatureCollection, a single Feature or a bare
+geometry, in WGS84 unless the legacy ``crs`` member or the caller (``--crs``) names another CRS
+(:func:`parse_crs`). Objects are chosen by their properties and by the dates on which they
+exist (:func:`select_features`).
+
+Reading refuses, with one clear message naming the file, anything that is not GeoJSON.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.warp import transform_geom
+
+from pipeline.errors import InputError
+
+__all__ = [
+    "GEOMETRY_TYPES",
+    "read_features",
+    "parse_crs",
+    "select_features",
+    "single_parts",
+    "polygons",
+    "bbox",
+    "rfc7946_orient",
+    "to_wgs84",
+    "from_wgs84",
+    "feature",
+    "feature_collection",
+]
+
+GEOMETRY_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
+_CRS84 = {"URN:OGC:DEF:CRS:OGC:1.3:CRS84", "CRS84", "OGC:CRS84"}
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+
+
+def read_features(path: str | Path, what: str = "GeoJSON file") -> tuple[list[dict], str | None]:
+    """The features of a GeoJSON file, and the CRS its legacy ``crs`` member names (or None).
+
+    Accepts a FeatureCollection, a Feature or a bare geometry. ``what`` names the file in
+    errors ("label file", "truth file").
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{what} {path} does not exist; give the path of a GeoJSON file") from None
+    except IsADirectoryError:
+        raise InputError(f"{what} {path} is a directory; give the path of a GeoJSON file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(
+            f"{what} {path} is not GeoJSON ({exc}); give a GeoJSON FeatureCollection (export "
+            f"other formats with `ogr2ogr -f GeoJSON out.geojson in.shp`)"
+        ) from None
+    crs_name = None
+    if isinstance(doc, dict) and isinstance(doc.get("crs"), dict):
+        crs_name = (doc["crs"].get("properties") or {}).get("name")
+    kind = doc.get("type") if isinstance(doc, dict) else None
+    if kind == "FeatureCollection" and isinstance(doc.get("features", []), list):
+        features = doc.get("features") or []
+    elif kind == "Feature":
+        features = [doc]
+    elif kind in GEOMETRY_TYPES:
+        features = [{"type": "Feature", "properties": {}, "geometry": doc}]
+    else:
+        raise InputError(
+            f"{what} {path} has GeoJSON type {kind!r}; expected a FeatureCollection, a Feature "
+            f"or a geometry"
+        )
+    if not all(isinstance(f, dict) for f in features):
+        raise InputError(f"{what} {path} holds features that are not JSON objects; give a GeoJSON FeatureCollection")
+    return features, crs_name
+
+
+def parse_crs(crs: Any, crs_name: str | None, path: str | Path, what: str = "GeoJSON file") -> CRS:
+    """The CRS of a file's coordinates: ``crs`` (the caller's, e.g. ``--crs``) if given, else
+    the file's legacy ``crs`` member, else WGS84 longitude/latitude as RFC 7946 says."""
+    given = crs if crs is not None else crs_name
+    if given is None:
+        return CRS.from_epsg(4326)
+    if isinstance(given, CRS):
+        return given
+    text = str(given)
+    if text.upper() in _CRS84:
+        return CRS.from_epsg(4326)
+    try:
+        return CRS.from_user_input(text)
+    except CRSError:
+        try:
+            return CRS.from_string(text.replace("urn:ogc:def:crs:", "").replace("::", ":"))
+        except CRSError:
+            raise InputError(
+                f"{what} {path} names CRS {text!r}, which PROJ does not know; give it as "
+                f"EPSG:<code> (or pass --crs)"
+            ) from None
+
+
+def _iso_date(value: Any) -> str:
+    return str(value)[:10]
+
+
+def select_features(
+    features: Sequence[dict],
+    where: Mapping[str, Any] | None,
+    on_date: dt.date | None,
+    path: str | Path,
+    what: str = "GeoJSON file",
+) -> tuple[list[dict], int]:
+    """Features whose properties match ``where`` and that exist on ``on_date``; also the number
+    of matching features without a geometry (left out).
+
+    ``where`` maps a property to a value or a list of allowed values (compared as given and as
+    text). ``on_date`` keeps features whose ``dates`` list holds it. A ``where`` key that no
+    feature has, or a date filter on a file without ``dates``, is refused: it would silently
+    select nothing.
+    """
+    where = dict(where or {})
+    props = [f.get("properties") or {} for f in features]
+    for key in where:
+        if not any(key in p for p in props):
+            keys = sorted({k for p in props for k in p})
+            raise InputError(
+                f"{what} {path} has no feature with property {key!r} to filter on; its "
+                f"properties are {keys or 'none'}"
+            )
+    if on_date is not None and not any("dates" in p for p in props):
+        raise InputError(
+            f"{what} {path} has no `dates` property on any feature, so it cannot be filtered "
+            f"by date {on_date.isoformat()}; drop the date filter (--on-date) or add to each "
+            f"feature a `dates` list of the ISO dates on which it exists"
+        )
+    selected, no_geometry = [], 0
+    for f, p in zip(features, props):
+        ok = True
+        for key, wanted in where.items():
+            allowed = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+            if p.get(key) not in allowed and str(p.get(key)) not in {str(a) for a in allowed}:
+                ok = False
+        if ok and on_date is not None:
+            ok = on_date.isoformat() in {_iso_date(d) for d in (p.get("dates") or [])}
+        if ok:
+            if not f.get("geometry"):
+                no_geometry += 1
+            else:
+                selected.append(f)
+    return selected, no_geometry
+
+
+# --------------------------------------------------------------------------------------------
+# Geometry helpers
+
+
+def single_parts(geometry: dict) -> list[dict]:
+    """Single-part geometries of ``geometry`` (multi-geometries and collections split)."""
+    kind = geometry["type"]
+    if kind == "GeometryCollection":
+        return [p for g in geometry["geometries"] for p in single_parts(g)]
+    if kind.startswith("Multi"):
+        single = kind[len("Multi") :]
+        return [{"type": single, "coordinates": c} for c in geometry["coordinates"]]
+    return [geometry]
+
+
+def polygons(geometry: dict) -> list:
+    """The polygons (lists of rings) of a Polygon or MultiPolygon."""
+    return [geometry["coordinates"]] if geometry["type"] == "Polygon" else geometry["coordinates"]
+
+
+def _all_positions(coords: Any) -> list:
+    if coords and isinstance(coords[0], (int, float)):
+        return [coords]
+    return [p for c in coords for p in _all_positions(c)]
+
+
+def bbox(geometry: dict) -> list[float]:
+    """[west, south, east, north] of a geometry's positions."""
+    parts = single_parts(geometry)
+    xy = np.array([p[:2] for part in parts for p in _all_positions(part["coordinates"])], dtype=np.float64)
+    return [float(xy[:, 0].min()), float(xy[:, 1].min()), float(xy[:, 0].max()), float(xy[:, 1].max())]
+
+
+def _ring_area(ring: Sequence[Sequence[float]]) -> float:
+    """Signed area of a closed ring (shoelace); positive when counter-clockwise."""
+    xy = np.asarray(ring, dtype=np.float64)
+    x, y = xy[:, 0], xy[:, 1]
+    return 0.5 * float(np.sum(x[:-1] * y[1:] - x[1:] * y[:-1]))
+
+
+def rfc7946_orient(geometry: dict) -> dict:
+    """Exterior rings counter-clockwise, holes clockwise (RFC 7946 section 3.1.6)."""
+
+    def polygon(rings):
+        out = []
+        for k, ring in enumerate(rings):
+            ring = [list(map(float, pt)) for pt in ring]
+            ccw = _ring_area(ring) > 0
+            if ccw != (k == 0):
+                ring = ring[::-1]
+            out.append(ring)
+        return out
+
+    if geometry["type"] == "Polygon":
+        return {"type": "Polygon", "coordinates": polygon(geometry["coordinates"])}
+    if geometry["type"] == "MultiPolygon":
+        return {"type": "MultiPolygon", "coordinates": [polygon(p) for p in geometry["coordinates"]]}
+    return geometry
+
+
+def to_wgs84(geometry: dict, crs: Any) -> dict:
+    """A map-coordinate geometry in ``crs`` as RFC 7946 longitude/latitude, oriented."""
+    return rfc7946_orient(dict(transform_geom(crs, "EPSG:4326", geometry, precision=8)))
+
+
+def from_wgs84(geometry: dict, crs: Any) -> dict:
+    """A longitude/latitude geometry in map coordinates of ``crs``."""
+    return dict(transform_geom("EPSG:4326", crs, geometry))
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+
+
+def feature(geometry: dict, properties: Mapping[str, Any], id: int | str | None = None) -> dict:
+    """An RFC 7946 Feature of a WGS84 ``geometry``, with its ``bbox`` (and ``id`` when given)."""
+    out: dict[str, Any] = {"type": "Feature"}
+    if id is not None:
+        out["id"] = id
+    out["bbox"] = bbox(geometry)
+    out["geometry"] = geometry
+    out["properties"] = dict(properties)
+    return out
+
+
+def feature_collection(features: Sequence[dict]) -> dict:
+    """An RFC 7946 FeatureCollection (no ``crs`` member: coordinates are WGS84)."""
+    return {"type": "FeatureCollection", "features": list(features)}

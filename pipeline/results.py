@@ -1,0 +1,234 @@
+"""Results: the output folder a scientist opens after a detection or a change.
+
+A *result* is one output folder (:func:`pipeline.outputs.output_folder`: written whole or not
+at all, ``provenance.json`` last) holding, for a **detection** (:func:`write_detection_maps`):
+
+  ``probability.tif``     probability map, a Cloud-Optimized GeoTIFF (:mod:`pipeline.maps`)
+  ``detections.geojson``  the detections, RFC 7946 (:mod:`pipeline.detections`)
+  ``quicklook.png``       the probabilities and detections over the imagery
+  ``metrics.json``        with a ground truth: the scores of :mod:`pipeline.evaluate`
+
+and for a **change** between two dates (:func:`write_change_maps`):
+
+  ``change.tif``          class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata) with
+                          a colour table
+  ``change.geojson``      one feature per new/gone/persisting cell, with both probabilities
+  ``change.png``          before, after and change side by side
+  ``metrics.json``        with a ground truth
+
+This module only composes: the maths, the drawing and the scores live in the modules named.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from matplotlib.colors import BoundaryNorm, ListedColormap
+
+from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, ChangeResult
+from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson, footprints_geojson
+from pipeline.errors import InputError
+from pipeline.evaluate import change_metrics, detection_metrics, read_truth
+from pipeline.files import file_sha256
+from pipeline.maps import PROBABILITY_NODATA, probability_map
+from pipeline.outputs import output_folder
+from pipeline.provenance import base_provenance, model_provenance, survey_provenance
+from pipeline.render import outline_rings, render_quicklook, survey_thumbnail, write_cog
+
+if TYPE_CHECKING:  # pragma: no cover
+    from pipeline.detect import Predictions
+    from pipeline.store import Store, Survey
+
+__all__ = ["DETECTION_FILES", "CHANGE_FILES", "check_probability", "write_detection_maps", "write_change_maps"]
+
+#: File names inside a detection output folder.
+DETECTION_FILES = {
+    "probability": "probability.tif",
+    "detections": "detections.geojson",
+    "quicklook": "quicklook.png",
+    "metrics": "metrics.json",
+}
+
+#: File names inside a change output folder.
+CHANGE_FILES = {
+    "change": "change.tif",
+    "geojson": "change.geojson",
+    "quicklook": "change.png",
+    "metrics": "metrics.json",
+}
+
+
+def check_probability(value: float, option: str = "--threshold") -> float:
+    """``value`` as a float if it is a probability in [0, 1], else :class:`InputError` naming ``option``."""
+    if not 0.0 <= float(value) <= 1.0:
+        raise InputError(f"{option} must be a probability between 0 and 1, got {value}")
+    return float(value)
+
+
+def _result_files(written: dict, extra: dict) -> dict[str, Any]:
+    # The metrics *file* is "metrics_file": "metrics" is the report itself.
+    return {("metrics_file" if name == "metrics" else name): path for name, path in written.items()} | extra
+
+
+def write_detection_maps(
+    store: "Store",
+    predictions: "Predictions",
+    out_dir: str | os.PathLike,
+    threshold: float | None = None,
+    truth: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    cell: int | None = None,
+    client: Any = None,
+) -> dict[str, Any]:
+    """Write the detection outputs of one scored survey into ``out_dir``, all or nothing.
+
+    ``threshold`` defaults to the model's decision threshold; ``cell`` (survey pixels) to the
+    grid's stride. ``truth`` (a GeoJSON path) adds ``metrics.json``. Returns the output files
+    (Paths) by name: ``probability``, ``detections``, ``quicklook``, ``provenance`` and, with
+    truth, ``metrics_file``; plus ``n_detections`` (int) and ``metrics`` (the report, or None).
+    """
+    threshold = check_probability(predictions.threshold if threshold is None else threshold)
+    truth_data = read_truth(truth) if truth is not None else None  # fail before any work
+    survey = store.survey(predictions.survey_id)
+    grid = predictions.grid
+    cell = int(cell or grid.stride)
+    provenance = base_provenance("detect", {
+        "threshold": threshold, "map_cell_px": cell,
+        "overlap_rule": "mean of scored tiles whose footprint contains the cell centre",
+        "confidence_levels": dict(CONFIDENCE_LEVELS),
+        "truth": str(truth) if truth is not None else None,
+    })
+    provenance["inputs"] = {
+        "survey": survey_provenance(survey),
+        "model": model_provenance(store, predictions.model_id),
+        "feature_spec": predictions.spec,
+        "truth_sha256": file_sha256(truth) if truth is not None else None,
+        "predictions": predictions.path,
+    }
+    provenance["tile_grid"] = grid.to_dict()
+    provenance["n_scored_tiles"] = int(np.isfinite(predictions.probabilities).sum())
+    metrics = None
+    with output_folder(out_dir, DETECTION_FILES, provenance, overwrite) as folder:
+        values, map_transform = probability_map(predictions.probabilities, grid, cell)
+        write_cog(
+            folder.path("probability"), values, map_transform, grid.crs, PROBABILITY_NODATA,
+            tags={"survey_id": survey.id, "model_id": predictions.model_id, "rule": "mean of scored tiles containing the cell centre"},
+        )
+        detections = detections_geojson(
+            predictions.probabilities, grid, threshold, {"survey_id": survey.id, "model_id": predictions.model_id}
+        )
+        folder.write_json("detections", detections)
+        thumb, thumb_transform = survey_thumbnail(survey, client=client)
+        render_quicklook(
+            folder.path("quicklook"),
+            [{
+                "title": f"tile probability (cells of {cell} px), {len(detections['features'])} detections ≥ {threshold:g}",
+                "image": thumb, "image_transform": thumb_transform,
+                "overlay": values, "overlay_transform": map_transform, "cmap": "magma",
+                "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": min(0.2, threshold),
+                "colorbar": "probability", "outlines": outline_rings(detections, grid.crs),
+            }],
+            title=f"{survey.id} — model {predictions.model_id}",
+        )
+        provenance["n_detections"] = len(detections["features"])
+        if truth_data is not None:
+            metrics = detection_metrics(predictions.probabilities, grid, truth_data, threshold, survey.date)
+            folder.write_json("metrics", metrics)
+    return _result_files(folder.written(), {"n_detections": len(detections["features"]), "metrics": metrics})
+
+
+def _cell_properties(result: ChangeResult) -> tuple[np.ndarray, list[dict]]:
+    select = np.isin(result.classes, (NEW, GONE, PERSISTING))
+    props = []
+    for r, c in zip(*np.nonzero(select)):
+        props.append({
+            "class": CLASS_NAMES[int(result.classes[r, c])],
+            "p_before": round(float(result.p_before[r, c]), 6),
+            "p_after": round(float(result.p_after[r, c]), 6),
+            "before": result.before.survey_id,
+            "after": result.after.survey_id,
+            "model_id": result.before.model_id,
+            "cell_row": int(r),
+            "cell_col": int(c),
+        })
+    return select, props
+
+
+def write_change_maps(
+    store: "Store",
+    result: ChangeResult,
+    out_dir: str | os.PathLike,
+    truth: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    client: Any = None,
+) -> dict[str, Any]:
+    """Write the change outputs into ``out_dir``, all or nothing (files: the module docstring).
+
+    Returns the output files (Paths) by name: ``change``, ``geojson``, ``quicklook``,
+    ``provenance`` and, with truth, ``metrics_file``; plus ``counts`` (cells per class) and
+    ``metrics`` (the report, or None).
+    """
+    truth_data = read_truth(truth) if truth is not None else None
+    before_s = store.survey(result.before.survey_id)
+    after_s = store.survey(result.after.survey_id)
+    grid = result.grid
+    provenance = base_provenance("change", {
+        **result.settings, **result.thresholds.to_dict(),
+        "classes": {str(k): v for k, v in CLASS_NAMES.items()} | {"255": "nodata"},
+        "truth": str(truth) if truth is not None else None,
+    })
+    provenance["inputs"] = {
+        "before": survey_provenance(before_s),
+        "after": survey_provenance(after_s),
+        "model": model_provenance(store, result.before.model_id),
+        "feature_spec": result.before.spec,
+        "truth_sha256": file_sha256(truth) if truth is not None else None,
+    }
+    provenance["tile_grids"] = {"before": result.before.grid.to_dict(), "after": result.after.grid.to_dict()}
+    provenance["change_grid"] = grid.to_dict()
+    provenance["counts"] = result.counts()
+    metrics = None
+    with output_folder(out_dir, CHANGE_FILES, provenance, overwrite) as folder:
+        write_cog(
+            folder.path("change"), result.classes, grid.transform, grid.crs, NODATA,
+            colormap=CLASS_COLOURS, resampling="nearest",
+            tags={"classes": "0 none, 1 new, 2 gone, 3 persisting, 255 nodata",
+                  "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
+        )
+        select, props = _cell_properties(result)
+        folder.write_json("geojson", footprints_geojson(select, grid.edges(), grid.transform, grid.crs, props))
+        _render_change(folder.path("quicklook"), result, before_s, after_s, client)
+        if truth_data is not None:
+            tile_map = result.before.grid.size * max(abs(result.before.grid.transform.a), abs(result.after.grid.transform.a))
+            metrics = change_metrics(result, truth_data, before_s, after_s, tile_map)
+            folder.write_json("metrics", metrics)
+    return _result_files(folder.written(), {"counts": result.counts(), "metrics": metrics})
+
+
+def _render_change(path: os.PathLike, result: ChangeResult, before: "Survey", after: "Survey", client: Any) -> None:
+    panels = []
+    for survey, values in ((before, result.p_before), (after, result.p_after)):
+        thumb, thumb_transform = survey_thumbnail(survey, client=client)
+        panels.append({
+            "title": f"{survey.id}: probability",
+            "image": thumb,
+            "image_transform": thumb_transform,
+            "overlay": values, "overlay_transform": result.grid.transform, "cmap": "magma",
+            "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": result.thresholds.low,
+            "colorbar": "probability",
+        })
+    codes = result.classes.astype(np.float64)
+    codes[result.classes == NODATA] = np.nan
+    colours = [np.array(CLASS_COLOURS[c][:3]) / 255 for c in (NONE, NEW, GONE, PERSISTING)]
+    counts = result.counts()
+    panels.append({
+        "title": "change: " + ", ".join(f"{n} {counts[n]}" for n in ("new", "gone", "persisting")),
+        "image": panels[1]["image"], "image_transform": panels[1]["image_transform"],
+        "overlay": codes, "overlay_transform": result.grid.transform,
+        "cmap": ListedColormap(colours), "norm": BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
+        "alpha": 0.7, "mask_below": 0.5, "colorbar": "class",
+        "ticks": [0, 1, 2, 3], "ticklabels": ["none", "new", "gone", "persisting"],
+    })
+    render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}")
