@@ -37,11 +37,12 @@ from flows.runs import RunRecord, top_detections
 from flows.session import cluster_session
 from flows.tasks import change_task, detect_task, features_task, ingest_task, labels_task, synth_task, train_task
 from pipeline.detect import open_predictions
-from pipeline.evaluate import detection_metrics, read_truth
+from pipeline.evaluate import detection_metrics
 from pipeline.files import write_json
 from pipeline.store import Store
 from pipeline.tiling import DETECTION_STRIDE, TileGrid
 from pipeline.training import TrainingSettings
+from pipeline.truth import read_truth
 
 __all__ = [
     "demo_flow",

@@ -1,4 +1,4 @@
-"""Detections: flagged tiles grouped into the objects a scientist counts.
+"""Detections: the objects a scientist counts, from a map of probabilities.
 
 A tile is *flagged* when its probability reaches the decision threshold. Flagged tiles whose
 footprints touch or overlap are one *detection* (an object spanning tiles is one detection,
@@ -10,7 +10,9 @@ peak and mean probability, tile count and a *confidence class* from the peak pro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,8 @@ import rasterio.features
 from affine import Affine
 from rasterio.warp import transform as warp_transform
 
-from pipeline.geojson import feature, feature_collection, to_wgs84
+from pipeline.errors import InputError
+from pipeline.geojson import feature, feature_collection, parse_crs, read_features, single_parts, to_wgs84
 from pipeline.maps import TileEdges, tile_edges
 
 __all__ = [
@@ -28,6 +31,9 @@ __all__ = [
     "tile_components",
     "detections_geojson",
     "footprints_geojson",
+    "Points",
+    "find_peaks",
+    "read_detections",
 ]
 
 #: Confidence classes of a detection, from its peak tile probability: the first level whose
@@ -211,3 +217,99 @@ def footprints_geojson(
         geometry = to_wgs84({"type": "Polygon", "coordinates": [[list(pt) for pt in ring]]}, crs)
         features.append(feature(geometry, props))
     return feature_collection(features)
+
+
+# --------------------------------------------------------------------------------------------
+# Objects from a probability map
+
+
+@dataclass(frozen=True)
+class Points:
+    """Point detections in map coordinates: ``x``, ``y`` and ``probability``, (N,) each,
+    strongest first."""
+
+    x: np.ndarray
+    y: np.ndarray
+    probability: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.probability.size)
+
+    def above(self, threshold: float) -> "Points":
+        keep = self.probability >= threshold
+        return Points(self.x[keep], self.y[keep], self.probability[keep])
+
+
+def find_peaks(values: np.ndarray, transform: Affine, radius: float, floor: float = 0.0) -> Points:
+    """The objects of a probability map: local maxima at least ``floor``, lesser maxima within
+    ``radius`` (map units) of a stronger one suppressed.
+
+    ``values`` (h, w) on the grid of ``transform`` (NaN where not scored). A cell is a local
+    maximum when no neighbour among its 8 is larger; maxima are then taken strongest first,
+    and each removes the weaker ones whose centres lie within ``radius`` of its own (greedy
+    non-maximum suppression, as object detectors do). Ties keep the first in row-major order.
+    Each object sits at its cell's centre.
+    """
+    from scipy import ndimage, spatial  # ~0.5 s: only when objects are made
+
+    v = np.where(np.isfinite(values), values, -np.inf).astype(np.float64)
+    local = (v == ndimage.maximum_filter(v, size=3, mode="constant", cval=-np.inf)) & (v >= floor) & np.isfinite(v)
+    rows, cols = np.nonzero(local)
+    p = v[rows, cols]
+    order = np.lexsort((cols, rows, -p))  # strongest first; ties in row-major order
+    rows, cols, p = rows[order], cols[order], p[order]
+    x, y = transform * (cols + 0.5, rows + 0.5)
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    keep = np.ones(p.size, dtype=bool)
+    if p.size > 1 and radius > 0:
+        tree = spatial.cKDTree(np.column_stack([x, y]))
+        for i in range(p.size):
+            if keep[i]:
+                near = np.asarray(tree.query_ball_point([x[i], y[i]], r=radius), dtype=np.int64)
+                keep[near[near > i]] = False
+    return Points(x[keep], y[keep], p[keep])
+
+
+def read_detections(path: str | os.PathLike, crs: Any) -> Points:
+    """The detections of a GeoJSON file as points in ``crs`` map coordinates, strongest first.
+
+    A detection is a feature with a probability (``probability``, else ``peak_probability``):
+    a Point is where it is; another geometry is located at its ``peak_lon``/``peak_lat`` when
+    given (damwatch's own detections), else at the mean of its vertices. Coordinates are WGS84
+    unless the file's legacy ``crs`` member names another CRS, and are reprojected.
+    """
+    features, crs_name = read_features(path, what="detections file")
+    source = parse_crs(None, crs_name, path, "detections file")
+    u, v, p = [], [], []
+    for k, f in enumerate(features):
+        props = f.get("properties") or {}
+        prob = props.get("probability", props.get("peak_probability"))
+        if not isinstance(prob, (int, float)) or isinstance(prob, bool) or not 0 <= prob <= 1:
+            raise InputError(
+                f"detections file {path}: feature {k} (id {f.get('id', props.get('id'))!r}) has no probability in "
+                f"[0, 1] (property 'probability' or 'peak_probability'); give each detection one"
+            )
+        geometry = f.get("geometry") or {}
+        if geometry.get("type") == "Point":
+            a, b = geometry["coordinates"][:2]
+        elif "peak_lon" in props and "peak_lat" in props and crs_name is None:
+            a, b = props["peak_lon"], props["peak_lat"]
+        elif geometry:
+            xy = np.array([q[:2] for part in single_parts(geometry) for q in _positions(part["coordinates"])], float)
+            a, b = xy.mean(axis=0)
+        else:
+            raise InputError(f"detections file {path}: feature {k} has no geometry; give each detection a location")
+        u.append(float(a))
+        v.append(float(b))
+        p.append(float(prob))
+    if not p:
+        return Points(np.zeros(0), np.zeros(0), np.zeros(0))
+    x, y = warp_transform(source, crs, u, v)
+    order = np.argsort(-np.asarray(p), kind="stable")
+    return Points(np.asarray(x)[order], np.asarray(y)[order], np.asarray(p)[order])
+
+
+def _positions(coords: Any) -> list:
+    if coords and isinstance(coords[0], (int, float)):
+        return [coords]
+    return [q for c in coords for q in _positions(c)]

@@ -31,6 +31,8 @@ __all__ = [
     "GEOMETRY_TYPES",
     "read_features",
     "parse_crs",
+    "check_where",
+    "matches",
     "select_features",
     "single_parts",
     "polygons",
@@ -115,6 +117,28 @@ def _iso_date(value: Any) -> str:
     return str(value)[:10]
 
 
+def check_where(features: Sequence[dict], where: Mapping[str, Any] | None, path: str | Path, what: str = "GeoJSON file") -> None:
+    """Refuse a ``where`` key that no feature has: filtering on it would silently select nothing."""
+    props = [f.get("properties") or {} for f in features]
+    for key in dict(where or {}):
+        if not any(key in p for p in props):
+            keys = sorted({k for p in props for k in p})
+            raise InputError(
+                f"{what} {path} has no feature with property {key!r} to filter on; its "
+                f"properties are {keys or 'none'}"
+            )
+
+
+def matches(props: Mapping[str, Any], where: Mapping[str, Any] | None) -> bool:
+    """Whether properties match ``where``: each key's value is the one given or one of a list
+    (compared as given and as text)."""
+    for key, wanted in dict(where or {}).items():
+        allowed = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
+        if props.get(key) not in allowed and str(props.get(key)) not in {str(a) for a in allowed}:
+            return False
+    return True
+
+
 def select_features(
     features: Sequence[dict],
     where: Mapping[str, Any] | None,
@@ -125,20 +149,12 @@ def select_features(
     """Features whose properties match ``where`` and that exist on ``on_date``; also the number
     of matching features without a geometry (left out).
 
-    ``where`` maps a property to a value or a list of allowed values (compared as given and as
-    text). ``on_date`` keeps features whose ``dates`` list holds it. A ``where`` key that no
-    feature has, or a date filter on a file without ``dates``, is refused: it would silently
-    select nothing.
+    ``on_date`` keeps features whose ``dates`` list holds it. A ``where`` key that no feature
+    has, or a date filter on a file without ``dates``, is refused: it would silently select
+    nothing.
     """
-    where = dict(where or {})
+    check_where(features, where, path, what)
     props = [f.get("properties") or {} for f in features]
-    for key in where:
-        if not any(key in p for p in props):
-            keys = sorted({k for p in props for k in p})
-            raise InputError(
-                f"{what} {path} has no feature with property {key!r} to filter on; its "
-                f"properties are {keys or 'none'}"
-            )
     if on_date is not None and not any("dates" in p for p in props):
         raise InputError(
             f"{what} {path} has no `dates` property on any feature, so it cannot be filtered "
@@ -147,11 +163,7 @@ def select_features(
         )
     selected, no_geometry = [], 0
     for f, p in zip(features, props):
-        ok = True
-        for key, wanted in where.items():
-            allowed = wanted if isinstance(wanted, (list, tuple, set)) else [wanted]
-            if p.get(key) not in allowed and str(p.get(key)) not in {str(a) for a in allowed}:
-                ok = False
+        ok = matches(p, where)
         if ok and on_date is not None:
             ok = on_date.isoformat() in {_iso_date(d) for d in (p.get("dates") or [])}
         if ok:

@@ -30,12 +30,13 @@ from matplotlib.colors import BoundaryNorm, ListedColormap
 from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, ChangeResult
 from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson, footprints_geojson
 from pipeline.errors import InputError
-from pipeline.evaluate import change_metrics, detection_metrics, read_truth
+from pipeline.evaluate import change_metrics, detection_metrics
 from pipeline.files import file_sha256
 from pipeline.maps import PROBABILITY_NODATA, probability_map
 from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
 from pipeline.render import outline_rings, render_quicklook, survey_thumbnail, write_cog
+from pipeline.truth import read_truth
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.detect import Predictions

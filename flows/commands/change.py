@@ -73,8 +73,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.change import ChangeThresholds, check_comparable
     from pipeline.detect import check_model_bands, resolve_model
-    from pipeline.evaluate import read_truth
     from pipeline.outputs import refuse_existing_results
+    from pipeline.truth import read_truth
 
     store = open_store(args)
     # Everything a user can get wrong is checked before Prefect, a cluster or any work starts.

@@ -65,8 +65,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipeline.detect import check_model_bands, resolve_model
     from pipeline.errors import InputError
-    from pipeline.evaluate import read_truth
     from pipeline.outputs import refuse_existing_results
+    from pipeline.truth import read_truth
 
     store = open_store(args)
     # Everything a user can get wrong is checked before Prefect, a cluster or any work starts.
