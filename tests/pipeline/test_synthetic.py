@@ -23,6 +23,7 @@ from pipeline.synthetic import (
     morton_blocks,
     render_block,
 )
+from pipeline.synthetic.morton import tile_order
 
 DATES = ["2023-06-01", "2024-06-01"]
 SIZE, SEED = 1024, 8  # seed 8 at 1024 px: a dam on a main stream, one on a side channel, one at a lake outlet
@@ -55,6 +56,36 @@ def test_same_seed_gives_identical_files_whatever_block_size_or_worker_count(are
     assert len(_digest(area.out_dir)) == 6  # 2 GeoTIFFs, 2 quicklooks, truth, manifest
 
 
+# sha256 of each file's decoded content -- the pixels (band, row, col) of a GeoTIFF or PNG, the
+# bytes of the truth -- as the single-module generator wrote them for the `area` fixture before
+# the package split (commit 097994d). Pixels rather than file bytes, so that a zlib or GDAL
+# release that compresses differently does not fail it; any change to the scene or the
+# rendering does.
+PINNED = {
+    "creek-2023-06-01.tif": "4a60174356115079badf18ca739200046362985cb3457fe74d1a99aa30b8f43b",
+    "creek-2024-06-01.tif": "04b01efa7ee979d442ce389690747804bb8c9cc0012edfa819e36eebf77515cb",
+    "creek-2023-06-01-quicklook.png": "52bbb50ebd11e8f49b8eb9889b37646fa502fa6eca63aee9bb0ee65df9542a09",
+    "creek-2024-06-01-quicklook.png": "638df5be338297b7577622d6f0ffa86010409117dc7cb7b3998274a473c6bd18",
+    "creek-truth.geojson": "fdeec9d252fd76a110d1ca9161575eea1ab46e530aef6cdbd27e8d13663744bb",
+}
+
+
+def test_the_default_layout_gives_the_pinned_pixels_and_truth(area):
+    from PIL import Image
+
+    got = {}
+    for path in [*area.surveys.values(), *area.quicklooks.values()]:
+        if path.suffix == ".tif":
+            with rasterio.open(path) as ds:
+                content = ds.read().tobytes()
+        else:
+            with Image.open(path) as img:
+                content = np.asarray(img).tobytes()
+        got[path.name] = hashlib.sha256(content).hexdigest()
+    got[area.truth.name] = hashlib.sha256(area.truth.read_bytes()).hexdigest()
+    assert got == PINNED
+
+
 def test_a_block_renders_the_same_pixels_as_the_same_window_of_a_larger_render():
     scene = build_scene("creek", DATES, 1024, 3)
     whole = render_block(scene, 1, 0, 0, 600, 700)
@@ -82,13 +113,11 @@ def test_a_different_seed_gives_a_different_scene(area, images):
     ],
 )
 def test_morton_blocks_cover_the_image_once_and_visit_tiles_in_one_order(size, block):
-    from pipeline.synthetic import _tile_order
-
     covered = np.zeros((size, size), np.int32)
     tiles = []
     for r0, c0, h, w in morton_blocks(size, block):
         covered[r0 : r0 + h, c0 : c0 + w] += 1
-        tiles += [(r0 + tr, c0 + tc) for tr, tc in _tile_order(h, w)]
+        tiles += [(r0 + tr, c0 + tc) for tr, tc in tile_order(h, w)]
     assert (covered == 1).all()
     reference = [(r0, c0) for r0, c0, _, _ in morton_blocks(size, TILE)]
     assert tiles == reference
