@@ -204,7 +204,8 @@ def conv_backward(
     """``(dX (B, H, W, C_in), dW (k, k, C_in, C_out), db (C_out,))`` from dA (B, Ho, Wo, C_out).
 
     ``da`` is overwritten with ``delta = dA * f'(Z)``. ``work``: scratch like dA for ``f'``
-    (bool for ReLU). ``ones``: (B Ho Wo,) ones, making ``db`` a BLAS product.
+    (bool for ReLU). ``ones``: (B Ho Wo,) ones for ``db = ones @ delta`` (made here if not
+    given, so that the pure call and the buffered one add in the same order: the same bits).
     ``dcols_out``/``dpad_out``: buffers for the patch gradients and the padded input gradient.
     ``need_dx=False`` (first layer: its input is data) skips dX and returns None.
     """
@@ -216,7 +217,9 @@ def conv_backward(
         np.multiply(delta, fprime, out=delta)
     dW = np.matmul(cols2.T, delta, out=None if dW_out is None else dW_out.reshape(k * k * C_in, C_out))
     dW = dW.reshape(W.shape)
-    db = np.sum(delta, axis=0, out=db_out) if ones is None else np.matmul(ones, delta, out=db_out)
+    if ones is None:
+        ones = np.ones(delta.shape[0], delta.dtype)
+    db = np.matmul(ones, delta, out=db_out)  # (C_out,): the row sum as a BLAS product, like the buffered path
     if not need_dx:
         return None, dW, db
     dcols = np.matmul(delta, W.reshape(k * k * C_in, C_out).T, out=dcols_out)  # (B Ho Wo, k k C_in)
