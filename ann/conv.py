@@ -48,6 +48,7 @@ from ann.functions import ACTIVATIONS, DERIVATIVES
 __all__ = [
     "PADDINGS",
     "conv_output_size",
+    "dx_by_convolution",
     "same_padding",
     "im2col",
     "col2im",
@@ -143,6 +144,17 @@ def col2im(dcols: np.ndarray, xp_shape: tuple[int, ...], kernel: int, stride: in
     return out
 
 
+def dx_by_convolution(stride: int, c_in: int) -> bool:
+    """Whether :func:`conv_backward` computes dX as a convolution of the padded delta (else col2im).
+
+    col2im adds k² strided runs of C_in numbers; for narrow inputs (C_in <= 8) those runs are
+    too short and the convolution form (k block copies of k C_out numbers and one product) is
+    ~1.7x faster; from 16 channels on col2im is as fast or faster (measured at batch 64 on
+    31 x 31 and 14 x 14 maps, one core). Stride 2 always uses col2im.
+    """
+    return stride == 1 and c_in <= 8
+
+
 class ConvCache(NamedTuple):
     """What the backward pass needs: the patch matrix, the input geometry, weights and output."""
 
@@ -206,7 +218,10 @@ def conv_backward(
     ``da`` is overwritten with ``delta = dA * f'(Z)``. ``work``: scratch like dA for ``f'``
     (bool for ReLU). ``ones``: (B Ho Wo,) ones for ``db = ones @ delta`` (made here if not
     given, so that the pure call and the buffered one add in the same order: the same bits).
-    ``dcols_out``/``dpad_out``: buffers for the patch gradients and the padded input gradient.
+    ``dcols_out``/``dpad_out``: scratch for the input gradient. When :func:`dx_by_convolution`
+    (the input gradient as a convolution of the padded delta): ``dpad_out`` (B, Ho + 2k - 2, Wo + 2k - 2, C_out) with a
+    zero border and ``dcols_out`` (B, Hp, Wp, k, k C_out). Otherwise (col2im): ``dcols_out``
+    (B, Ho, Wo, k, k C_in) and, for "same", ``dpad_out`` (B, Hp, Wp, C_in).
     ``need_dx=False`` (first layer: its input is data) skips dX and returns None.
     """
     cols2, x_shape, pads, W, stride, a, activation = cache
@@ -222,12 +237,35 @@ def conv_backward(
     db = np.matmul(ones, delta, out=db_out)  # (C_out,): the row sum as a BLAS product, like the buffered path
     if not need_dx:
         return None, dW, db
-    dcols = np.matmul(delta, W.reshape(k * k * C_in, C_out).T, out=dcols_out)  # (B Ho Wo, k k C_in)
     B, H, Wd, _ = x_shape
     (pt, pb), (pl, pr) = pads
     Ho = (H + pt + pb - k) // stride + 1
     Wo = (Wd + pl + pr - k) // stride + 1
     xp_shape = (B, H + pt + pb, Wd + pl + pr, C_in)
+    if dx_by_convolution(stride, C_in):
+        # The input gradient is itself a convolution: delta zero-padded by k - 1 on every side,
+        # correlated with the kernel flipped in space and transposed in channels,
+        #   dXp[b, y, x, c] = Σ_{p, q, f} Dpad[b, y + p, x + q, f] W[k-1-p, k-1-q, c, f],
+        # so it is im2col (k block copies of k C_out numbers) and one product, instead of
+        # col2im's k² strided additions of C_in numbers (slow for the narrow early layers).
+        d4 = delta.reshape(B, Ho, Wo, C_out)
+        dpad = _padded(d4, ((k - 1, k - 1), (k - 1, k - 1)), dpad_out)  # (B, Ho + 2k - 2, Wo + 2k - 2, C_out)
+        dcols = im2col(dpad, k, 1, out=dcols_out)  # (B, Hp, Wp, k, k C_out)
+        Wflip = np.ascontiguousarray(W[::-1, ::-1].transpose(0, 1, 3, 2)).reshape(k * k * C_out, C_in)
+        rows = dcols.reshape(-1, k * k * C_out)
+        if pt == pb == pl == pr == 0:
+            if dx_out is None:
+                dx_out = np.empty(x_shape, delta.dtype)
+            np.matmul(rows, Wflip, out=dx_out.reshape(-1, C_in))  # (B H W, C_in)
+            return dx_out, dW, db
+        dxp = np.matmul(rows, Wflip).reshape(xp_shape)
+        inner = dxp[:, pt : pt + H, pl : pl + Wd, :]
+        if dx_out is None:
+            return inner.copy(), dW, db
+        np.copyto(dx_out, inner)
+        return dx_out, dW, db
+    dcols = np.matmul(delta, W.reshape(k * k * C_in, C_out).T,
+                      out=None if dcols_out is None else dcols_out.reshape(-1, k * k * C_in))  # (B Ho Wo, k k C_in)
     if pt == pb == pl == pr == 0:
         dx = col2im(dcols.reshape(B, Ho, Wo, k * k * C_in), xp_shape, k, stride, out=dx_out)
     else:

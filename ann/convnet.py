@@ -61,6 +61,7 @@ from ann.conv import (
     conv_backward,
     conv_forward,
     conv_output_size,
+    dx_by_convolution,
     global_avg_backward,
     global_avg_forward,
     global_max_backward,
@@ -289,8 +290,15 @@ class _Workspace:
             self.d.append(np.empty(out_shape, dt))
             act = layer.get("activation")
             self.work.append(None if act is None else np.empty(out_shape, bool if act == "relu" else dt))
-            self.dcols.append(np.empty(self.cols[i].shape, dt) if kind == "conv" and i > 0 else None)
-            self.dpad.append(np.zeros(self.pad[i].shape, dt) if self.pad[i] is not None and i > 0 else None)
+            c_in = net.input_shape[2] if i == 0 else self.a[i - 1].shape[-1]
+            if kind == "conv" and i > 0 and dx_by_convolution(layer["stride"], c_in):  # dX as a convolution
+                k, (_, ho, wo, f) = layer["kernel"], out_shape
+                hp, wp = ho + k - 1, wo + k - 1
+                self.dpad.append(np.zeros((capacity, ho + 2 * (k - 1), wo + 2 * (k - 1), f), dt))
+                self.dcols.append(np.empty((capacity, hp, wp, k, k * f), dt))
+            else:  # col2im
+                self.dcols.append(np.empty(self.cols[i].shape, dt) if kind == "conv" and i > 0 else None)
+                self.dpad.append(np.zeros(self.pad[i].shape, dt) if self.pad[i] is not None and i > 0 else None)
             pooled = kind == "maxpool"
             self.taken.append(np.empty(out_shape, bool) if pooled else None)
             self.mask.append(np.empty(out_shape, bool) if pooled else None)
@@ -548,7 +556,7 @@ class ConvNet:
                 conv_backward(
                     da, caches[i], need_dx=i > 0, dx_out=dx_out, dW_out=grads[j], db_out=grads[j + 1],
                     work=None if ws.work[i] is None else ws.work[i][:B],
-                    dcols_out=None if ws.dcols[i] is None else ws.dcols[i][:B].reshape(positions, -1),
+                    dcols_out=None if ws.dcols[i] is None else ws.dcols[i][:B],
                     dpad_out=None if ws.dpad[i] is None else ws.dpad[i][:B], ones=ws.ones[i][:positions],
                 )
         return loss, grads if reuse_buffers else [g.copy() for g in grads]

@@ -62,13 +62,16 @@ def _load(load_shard: ShardLoader, index: int):
 
 def _gradient_group(
     architecture: dict, params: list[np.ndarray], plan: ShardPlan, epoch: int, step: int, *shards: Shard
-) -> tuple[dict[tuple[int, int], StepResult], float]:
+) -> tuple[dict[tuple[int, int], StepResult], float, float]:
     """One worker's share of a step: its shards' sums, added up to the largest complete nodes of
-    the reduction tree (fewer arrays to send back), and the seconds spent computing."""
+    the reduction tree (fewer arrays to send back), the seconds spent computing gradients and
+    the seconds spent adding them (the reduction is part of the exchange, not of the compute)."""
     start = time.perf_counter()
     net = network_for(architecture, params)
     leaves = {shard.index: shard_gradient(net, shard, plan, epoch, step) for shard in shards}
-    return reduce_held(leaves, plan.n_shards), time.perf_counter() - start
+    computed = time.perf_counter()
+    held = reduce_held(leaves, plan.n_shards)
+    return held, computed - start, time.perf_counter() - computed
 
 
 def balance_shards(
@@ -110,12 +113,17 @@ def balance_shards(
 
 
 class StepTiming:
-    """Wall time of each step on the driver and compute time inside its tasks (seconds)."""
+    """Wall time of each step on the driver and compute time inside its tasks (seconds).
+
+    Compute is the gradient work only; each task's on-worker reduction (adding its shards'
+    sums) is in ``reduce_seconds`` and counts as exchange, like the driver's additions.
+    """
 
     def __init__(self) -> None:
         self.step_seconds: list[float] = []
         self.compute_seconds: list[float] = []  # summed over the step's tasks
-        self.task_seconds: list[list[float]] = []  # compute of each task (imbalance shows here)
+        self.task_seconds: list[list[float]] = []  # gradient compute of each task (imbalance shows here)
+        self.reduce_seconds: list[list[float]] = []  # on-worker reduction of each task
         self.n_groups: list[int] = []  # tasks (each received the weights)
         self.n_nodes: list[int] = []  # gradients sent back (reduction-tree nodes)
 
@@ -220,14 +228,16 @@ class DaskGradientSource:
             for g, (worker, shards) in enumerate(groups)
         ]
         nodes: dict[tuple[int, int], StepResult] = {}
-        task_seconds = []
-        for held, seconds in self.client.gather(futures, direct=self._direct):
+        task_seconds, reduce_seconds = [], []
+        for held, seconds, reducing in self.client.gather(futures, direct=self._direct):
             nodes.update(held)
             task_seconds.append(seconds)
+            reduce_seconds.append(reducing)
         loss, grads, count = reduce_tree(nodes, 0, self.plan.n_shards)
         self.timing.step_seconds.append(time.perf_counter() - start)
         self.timing.compute_seconds.append(sum(task_seconds))
         self.timing.task_seconds.append(task_seconds)
+        self.timing.reduce_seconds.append(reduce_seconds)
         self.timing.n_groups.append(len(futures))
         self.timing.n_nodes.append(len(nodes))
         if self.on_step is not None:

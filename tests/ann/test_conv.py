@@ -46,25 +46,28 @@ def nhwc(t):
 
 
 CONV_CASES = [
-    # (kernel, stride, padding, activation, H, W)
-    (3, 1, "valid", "relu", 9, 8),
-    (3, 1, "same", None, 9, 8),
-    (3, 2, "same", "tanh", 9, 8),  # odd size, stride 2: the extra zero row/column goes after
-    (3, 2, "valid", "sigmoid", 10, 7),
-    (1, 1, "valid", "relu", 5, 6),  # 1 x 1: a dense layer at every pixel
-    (5, 1, "same", None, 7, 7),
-    (4, 2, "same", None, 8, 9),  # even kernel: asymmetric padding
+    # (kernel, stride, padding, activation, H, W, C_in); dX by convolution for stride 1 and
+    # C_in <= 8, by col2im otherwise (ann.conv.dx_by_convolution): both paths are covered
+    (3, 1, "valid", "relu", 9, 8, 4),
+    (3, 1, "same", None, 9, 8, 4),
+    (3, 1, "valid", "relu", 9, 8, 12),  # col2im
+    (3, 1, "same", "tanh", 7, 6, 12),  # col2im, padded
+    (3, 2, "same", "tanh", 9, 8, 4),  # odd size, stride 2: the extra zero row/column goes after
+    (3, 2, "valid", "sigmoid", 10, 7, 4),
+    (1, 1, "valid", "relu", 5, 6, 4),  # 1 x 1: a dense layer at every pixel
+    (5, 1, "same", None, 7, 7, 4),
+    (4, 2, "same", None, 8, 9, 4),  # even kernel: asymmetric padding
 ]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("k, s, padding, activation, H, W", CONV_CASES)
-def test_conv_forward_and_backward_equal_pytorch(dtype, k, s, padding, activation, H, W):
+@pytest.mark.parametrize("k, s, padding, activation, H, W, C", CONV_CASES)
+def test_conv_forward_and_backward_equal_pytorch(dtype, k, s, padding, activation, H, W, C):
     torch = pytest.importorskip("torch")
     F = torch.nn.functional
     rng = np.random.default_rng(k * 100 + s * 10 + H)
-    x = rng.normal(size=(3, H, W, 4)).astype(dtype)
-    Wk = (rng.normal(size=(k, k, 4, 6)) / k).astype(dtype)
+    x = rng.normal(size=(3, H, W, C)).astype(dtype)
+    Wk = (rng.normal(size=(k, k, C, 6)) / k).astype(dtype)
     b = rng.normal(size=6).astype(dtype)
     a, cache = conv_forward(x, Wk, b, s, padding, activation)
 
@@ -124,11 +127,12 @@ def test_global_pools_equal_pytorch(dtype):
 
 
 # ------------------------------------------------------------------------ central differences
-@pytest.mark.parametrize("k, s, padding, activation", [(3, 1, "valid", "tanh"), (3, 2, "same", None), (2, 1, "same", "sigmoid")])
-def test_conv_backward_matches_central_differences(k, s, padding, activation, central_difference):
+@pytest.mark.parametrize("k, s, padding, activation, C", [(3, 1, "valid", "tanh", 3), (3, 2, "same", None, 3),
+                                                         (2, 1, "same", "sigmoid", 3), (3, 1, "same", "tanh", 10)])
+def test_conv_backward_matches_central_differences(k, s, padding, activation, C, central_difference):
     rng = np.random.default_rng(11)
-    x = rng.normal(size=(2, 6, 5, 3))
-    Wk = rng.normal(size=(k, k, 3, 4)) / k
+    x = rng.normal(size=(2, 6, 5, C))
+    Wk = rng.normal(size=(k, k, C, 4)) / k
     b = rng.normal(size=4)
     up = rng.normal(size=conv_forward(x, Wk, b, s, padding, activation)[0].shape)
 
