@@ -326,16 +326,20 @@ def maxpool_backward(
     v = _blocks(x, size)
     dv = _blocks(out, size, writeable=True)  # (B, Ho, size, Wo, size, C) view of out
     if taken is None:
-        taken = np.zeros(dy.shape, bool)
+        taken = np.empty(dy.shape, bool)
         mask = np.empty(dy.shape, bool)
-    else:
-        taken[...] = False
+    last = size * size - 1
     for p in range(size):
         for q in range(size):
-            np.equal(v[:, :, p, :, q, :], y, out=mask)  # (B, Ho, Wo, C)
-            np.greater(mask, taken, out=mask)  # mask and not taken: a later tie loses
+            first = p == q == 0
+            np.equal(v[:, :, p, :, q, :], y, out=taken if first else mask)  # (B, Ho, Wo, C)
+            if first:
+                np.multiply(dy, taken, out=dv[:, :, p, :, q, :])
+                continue
+            np.greater(mask, taken, out=mask)  # a maximum here, none before: a later tie loses
             np.multiply(dy, mask, out=dv[:, :, p, :, q, :])
-            taken |= mask
+            if p * size + q < last:
+                taken |= mask
     return out
 
 
