@@ -290,12 +290,36 @@ def _blocks(x: np.ndarray, size: int, writeable: bool = False) -> np.ndarray:
     return as_strided(x, shape=(B, Ho, size, Wo, size, C), strides=(sb, size * sh, sh, size * sw, sw, sc), writeable=writeable)
 
 
-def maxpool_forward(x: np.ndarray, size: int = 2, out: np.ndarray | None = None) -> np.ndarray:
-    """Max over non-overlapping size × size blocks: (B, H, W, C) -> (B, H // size, W // size, C)."""
+def maxpool_forward(
+    x: np.ndarray,
+    size: int = 2,
+    out: np.ndarray | None = None,
+    *,
+    routes_out: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Max over non-overlapping size × size blocks: (B, H, W, C) -> (B, H // size, W // size, C).
+
+    ``routes_out`` (size 2 only): three bool arrays like the output that record where each
+    maximum is, for :func:`maxpool_backward`: ``right_top = a01 > a00``, ``right_bottom =
+    a11 > a10`` and ``bottom = max(a10, a11) > max(a00, a01)``. Strict comparisons: a tie goes
+    to the earlier position in row-major order, PyTorch's rule.
+    """
     v = _blocks(x, size)
     B, Ho, _, Wo, _, C = v.shape
     if out is None:
         out = np.empty((B, Ho, Wo, C), x.dtype)
+    if routes_out is not None:
+        if size != 2:
+            raise ValueError("recorded routes exist for 2 x 2 pooling only")
+        right_top, right_bottom, bottom = routes_out
+        a00, a01, a10, a11 = v[:, :, 0, :, 0], v[:, :, 0, :, 1], v[:, :, 1, :, 0], v[:, :, 1, :, 1]
+        np.greater(a01, a00, out=right_top)
+        np.greater(a11, a10, out=right_bottom)
+        np.maximum(a00, a01, out=out)  # top row's max
+        low = np.maximum(a10, a11)  # bottom row's max
+        np.greater(low, out, out=bottom)
+        np.maximum(out, low, out=out)
+        return out
     np.copyto(out, v[:, :, 0, :, 0, :])
     for p in range(size):
         for q in range(size):
@@ -313,18 +337,34 @@ def maxpool_backward(
     out: np.ndarray | None = None,
     taken: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    routes: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """dX (B, H, W, C) from dY (B, Ho, Wo, C): each block's gradient goes to its first maximum.
 
-    ``x`` and ``y`` are the forward input and output. ``taken``/``mask``: bool scratch like dY.
-    Rows/columns that the forward pass dropped (odd sizes) get 0.
+    ``x`` and ``y`` are the forward input and output. ``routes``: what
+    :func:`maxpool_forward` recorded (size 2); then only bool combinations of them and four
+    products are needed, instead of finding the maxima again. ``taken``/``mask``: bool scratch
+    like dY. Rows/columns that the forward pass dropped (odd sizes) get 0.
     """
     if out is None:
         out = np.zeros(x.shape, dy.dtype)
     elif x.shape[1] % size or x.shape[2] % size:
         out[...] = 0
-    v = _blocks(x, size)
     dv = _blocks(out, size, writeable=True)  # (B, Ho, size, Wo, size, C) view of out
+    if routes is not None:
+        right_top, right_bottom, bottom = routes
+        if mask is None:
+            mask = np.empty(dy.shape, bool)
+        np.logical_or(right_top, bottom, out=mask)  # not (0, 0)
+        np.multiply(dy, np.logical_not(mask, out=mask), out=dv[:, :, 0, :, 0])
+        np.greater(right_top, bottom, out=mask)  # right and top
+        np.multiply(dy, mask, out=dv[:, :, 0, :, 1])
+        np.greater(bottom, right_bottom, out=mask)  # bottom and left
+        np.multiply(dy, mask, out=dv[:, :, 1, :, 0])
+        np.logical_and(bottom, right_bottom, out=mask)
+        np.multiply(dy, mask, out=dv[:, :, 1, :, 1])
+        return out
+    v = _blocks(x, size)
     if taken is None:
         taken = np.empty(dy.shape, bool)
         mask = np.empty(dy.shape, bool)

@@ -85,7 +85,7 @@ from ann.conv import (
     sliding_max,
 )
 from ann.errors import ConfigError, FeatureSpecMismatch
-from ann.functions import ACTIVATIONS, LOSS_FUNCTIONS, sigmoid, sigmoid_cross_entropy_with_logits
+from ann.functions import ACTIVATIONS, LOSS_FUNCTIONS, relu, sigmoid, sigmoid_cross_entropy_with_logits
 from ann.layers import dense_backward, dense_forward
 from ann.network import MLP, _check_dtype, tiled_arrays
 
@@ -260,7 +260,7 @@ class _Workspace:
         dt = net.dtype
         self.capacity, self.hw = capacity, hw
         self.a, self.cols, self.pad, self.d, self.work, self.dcols, self.dpad = [], [], [], [], [], [], []
-        self.taken, self.mask, self.ones = [], [], []
+        self.taken, self.mask, self.ones, self.routes = [], [], [], []
         h, w = hw
         c = net.input_shape[2]
         for i, layer in enumerate(net.layers):
@@ -302,6 +302,8 @@ class _Workspace:
             kind = layer["type"]
             self.d.append(np.empty(out_shape, dt))
             act = layer.get("activation")
+            if i in net._relu_after_pool:
+                act = None  # applied (and differentiated) by the max pool that follows
             self.work.append(None if act is None else np.empty(out_shape, bool if act == "relu" else dt))
             c_in = net.input_shape[2] if i == 0 else self.a[i - 1].shape[-1]
             if kind == "conv" and i > 0 and dx_by_convolution(layer["stride"], c_in):  # dX as a convolution
@@ -315,6 +317,8 @@ class _Workspace:
             pooled = kind == "maxpool"
             self.taken.append(np.empty(out_shape, bool) if pooled else None)
             self.mask.append(np.empty(out_shape, bool) if pooled else None)
+            two = pooled and layer["size"] == 2
+            self.routes.append(tuple(np.empty(out_shape, bool) for _ in range(3)) if two else None)
             rows = int(np.prod(out_shape[:-1]))  # capacity * positions
             self.ones.append(np.ones(rows, dt) if kind in ("conv", "dense") else None)
 
@@ -349,6 +353,14 @@ class ConvNet:
         self.dtype = np.dtype(normalized["dtype"])
         self._params = tiled_arrays(shapes, self.dtype)
         self._global = next(i for i, layer in enumerate(self.layers) if layer["type"] in _GLOBAL)
+        # Conv layers whose ReLU is applied after the max pool that follows them instead of
+        # before: relu(max(z)) = max(relu(z)) exactly (both are monotone and exact), and the
+        # gradient is the same (a block whose max is <= 0 gets 0 either way), on a map 4x
+        # smaller. An implementation detail: the architecture still says conv+relu, maxpool.
+        self._relu_after_pool = {
+            i for i, layer in enumerate(self.layers[:-1])
+            if layer["type"] == "conv" and layer["activation"] == "relu" and self.layers[i + 1]["type"] == "maxpool"
+        }
         # index of each conv/dense layer's W in params
         self._param_index: dict[int, int] = {}
         for i, layer in enumerate(self.layers):
@@ -475,11 +487,15 @@ class ConvNet:
             if kind == "conv":
                 j = self._param_index[i]
                 pad = None if ws.pad[i] is None else ws.pad[i][:B]
-                x, cache = conv_forward(x, p[j], p[j + 1], layer["stride"], layer["padding"], layer["activation"],
+                act = None if i in self._relu_after_pool else layer["activation"]
+                x, cache = conv_forward(x, p[j], p[j + 1], layer["stride"], layer["padding"], act,
                                         out=out, cols_out=ws.cols[i][:B], pad_out=pad)  # (B, Ho, Wo, F)
             elif kind == "maxpool":
-                y = maxpool_forward(x, layer["size"], out=out)  # (B, h/size, w/size, C)
-                cache = (x, y)
+                routes = tuple(r[:B] for r in ws.routes[i]) if keep and ws.routes[i] is not None else None
+                y = maxpool_forward(x, layer["size"], out=out, routes_out=routes)  # (B, h/size, w/size, C)
+                if i - 1 in self._relu_after_pool:
+                    relu(y, out=y)  # the previous conv's ReLU, on the 4x smaller map (see __init__)
+                cache = (x, y, routes)
                 x = y
             elif kind == "global_max":
                 y, idx = global_max_forward(x, out=out)  # (B, C)
@@ -561,8 +577,11 @@ class ConvNet:
             elif kind == "global_avg":
                 global_avg_backward(da, caches[i], out=dx_out)
             elif kind == "maxpool":
-                x, y_ = caches[i]
-                maxpool_backward(da, x, y_, layer["size"], out=dx_out, taken=ws.taken[i][:B], mask=ws.mask[i][:B])
+                x, y_, routes = caches[i]
+                if i - 1 in self._relu_after_pool:  # the ReLU applied after the pool: relu'(y) = [y > 0]
+                    np.multiply(da, np.greater(y_, 0, out=ws.taken[i][:B]), out=da)
+                maxpool_backward(da, x, y_, layer["size"], out=dx_out, taken=ws.taken[i][:B], mask=ws.mask[i][:B],
+                                 routes=routes)
             else:
                 j = self._param_index[i]
                 positions = da.size // da.shape[-1]

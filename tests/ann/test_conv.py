@@ -175,3 +175,17 @@ def test_sliding_pools_equal_global_pools_of_each_window():
     windows = np.stack([f[i : i + size, j : j + size] for i in range(6) for j in range(8)])  # (48, 4, 4, 4)
     np.testing.assert_array_equal(sliding_max(f, size).reshape(-1, 4), global_max_forward(windows)[0])
     np.testing.assert_allclose(sliding_avg(f, size).reshape(-1, 4), global_avg_forward(windows), rtol=1e-5, atol=1e-6)
+
+
+def test_maxpool_backward_from_recorded_routes_equals_searching_again():
+    rng = np.random.default_rng(15)
+    x = np.round(rng.normal(size=(3, 9, 8, 4)), 1).astype(np.float32)  # rounded: many ties
+    x[0, :2, :2, :] = 0.5
+    x[1, 4:6, 2:4, 1] = 0.0
+    x[2, 0:2, 0:2, 2] = [[0.1, 0.3], [0.3, 0.2]]  # top-right and bottom-left tie: top-right wins
+    routes = tuple(np.empty((3, 4, 4, 4), bool) for _ in range(3))
+    y = maxpool_forward(x, 2, routes_out=routes)
+    np.testing.assert_array_equal(y, maxpool_forward(x, 2))
+    dy = rng.normal(size=y.shape).astype(np.float32)
+    np.testing.assert_array_equal(maxpool_backward(dy, x, y, 2, routes=routes), maxpool_backward(dy, x, y, 2))
+    assert maxpool_backward(dy, x, y, 2, routes=routes)[2, 0, 1, 2] == dy[2, 0, 0, 2]
