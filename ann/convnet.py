@@ -93,6 +93,8 @@ __all__ = [
     "ConvNet",
     "DEFAULT_LAYERS",
     "DEFAULT_WINDOW",
+    "DEFAULT_BATCH_SIZE",
+    "DEFAULT_MICRO_BATCH",
     "MAX_PARAMETERS",
     "LAYER_KEYS",
     "network_from_architecture",
@@ -112,6 +114,15 @@ DEFAULT_LAYERS: list[dict[str, Any]] = [
     {"type": "dense", "units": 32, "activation": "relu"},
     {"type": "dense", "units": 1, "activation": None},
 ]
+# Data-parallel defaults for the default network, measured by benchmarks/conv.py on 2 workers
+# of one thread: an exchange (weights out, gradients back, round trips) costs ~25-45 ms; at
+# ~1.1 ms per window (forward + backward, one core) a global batch of 512 (256 per worker)
+# keeps it at ~5 % of a step (and the idle share, imbalance included, <= 0.10), where 256
+# gave 9-12 % and 128 over 25 %. Pass it as TrainConfig(batch_size=...) / ShardPlan.from_config.
+DEFAULT_BATCH_SIZE = 512
+# Windows per gradient call inside a shard: the patch matrices of 64 windows of 64 x 64 x 4
+# take ~10 MB (the first layer's); larger micro-batches only add memory.
+DEFAULT_MICRO_BATCH = 64
 # A sane bound on a model's size, checked before anything is allocated (a damaged or hostile
 # JSON claiming a 100000 x 100000 layer is refused instead of exhausting memory).
 MAX_PARAMETERS = 50_000_000

@@ -77,6 +77,8 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
 
 
 def _spec_label(spec: dict[str, Any]) -> str:
+    if "names" not in spec and "name" not in spec:  # a cnn's input description: show it
+        return _short(spec, 160)
     name = spec.get("name", "?")
     version = spec.get("version")
     n = len(spec.get("names", ()))
@@ -168,9 +170,23 @@ class Classifier:
         return list(self.feature_spec["names"])
 
     def check_feature_spec(self, spec: Any) -> None:
-        """Raise :class:`FeatureSpecMismatch`, naming both specs, unless ``spec`` is this model's."""
+        """Raise :class:`FeatureSpecMismatch`, naming both specs, unless ``spec`` is this model's.
+
+        Classic models compare name, version and feature names; cnn models the whole input
+        description (bands, ground sample distance, window, scaling), naming the keys that differ.
+        """
         other = _spec_dict(spec)
         mine = self.feature_spec
+        if self.model_type == "cnn":
+            if other == mine:
+                return
+            keys = sorted(k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k))
+            detail = "; ".join(f"{k}: model {mine.get(k)!r}, data {other.get(k)!r}" for k in keys)
+            raise FeatureSpecMismatch(
+                f"pixels were prepared for input {_spec_label(other)} but model {self.model_id or '(unsaved)'} "
+                f"was trained on {_spec_label(mine)} ({detail}). Read the survey with the model's input "
+                "description or use a model trained on this one."
+            )
         keys = [k for k in ("name", "version", "names") if k in mine or k in other]
         if all(mine.get(k) == other.get(k) for k in keys):
             return

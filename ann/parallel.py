@@ -28,6 +28,25 @@ How the work reaches the workers, and why:
   in proportion to their threads, keeping each shard where it already is when possible, so a
   worker that died and came back gets its share again.
 
+- Shards stay resident: a shard is read and standardized once, by its task, and held in its
+  worker's memory for the whole training, so a step moves only weights and gradients, never
+  examples (for pixel windows a shard is large, and reading it again from Zarr every step
+  would cost more than the step). If its worker dies, the scheduler recomputes the shard's
+  tasks (read, standardize) on a live worker the next time a step needs it; the step's other
+  results are unaffected, and since every step is a pure function of (weights, shard, plan,
+  epoch, step), training continues to bit-identical weights (tests/ann/test_parallel.py kills a
+  worker with SIGKILL mid-training).
+- Shards hold feature rows (n, F) for the classic network or pixel windows (n, H, W, C) for
+  the ConvNet; the plan's D4 augmentation and balanced sampling run inside each shard's step
+  (:func:`ann.shards.shard_gradient`), seeded by the shard and the examples' global indices,
+  never by the worker.
+
+The global batch: an exchange (weights out, gradients back, scheduler round trips) costs
+~20-40 ms on one machine whatever the batch, so each worker's share of a step must compute for
+~9x that. For the default ConvNet (~1.1 ms per window, forward and backward, one core) on 2
+workers that is a global batch of 512 (benchmarks/conv.py: exchange ~5 % of the step at 512,
+9-12 % at 256, over 25 % at 128): :data:`ann.convnet.DEFAULT_BATCH_SIZE`.
+
 Only this module of ``ann`` imports Dask.
 """
 

@@ -374,7 +374,9 @@ def main() -> None:
 
     from threadpoolctl import threadpool_info
 
-    from ann.train import TrainConfig
+    from ann.convnet import DEFAULT_BATCH_SIZE, DEFAULT_MICRO_BATCH
+
+    assert DEFAULT_MICRO_BATCH == MICRO_BATCH
 
     blas = [(i.get("internal_api"), i.get("architecture"), i.get("version")) for i in threadpool_info() if i.get("user_api") == "blas"]
     load_before = os.getloadavg()
@@ -395,8 +397,8 @@ def main() -> None:
     for name in ("ann score_map", "torch"):
         print(f"{name:<22}{infer[name]:>9.2f}{infer['ann score_map'] / infer[name]:>12.2f}")
 
-    default = TrainConfig().batch_size
-    batches = tuple(sorted({64, 128, default, 512}))
+    default = DEFAULT_BATCH_SIZE
+    batches = tuple(sorted({128, 256, default}))
     dp = bench_dp(max(2, args.rounds // 2), batches, default, steps=6 if not args.quick else 3)
     print(f"\ndata-parallel, 2 workers x 1 thread, 8 shards, micro-batch {MICRO_BATCH}; ceiling (2 independent "
           f"processes at batch {default}): {dp['ceiling']:.0f} examples/s")

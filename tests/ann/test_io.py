@@ -269,6 +269,9 @@ def test_cnn_classifier_round_trip_standardizes_per_channel_and_scores_maps(tmp_
         assert grid[i, j] == pytest.approx(one, rel=1e-5, abs=1e-6)
     with pytest.raises(FeatureSpecMismatch, match=r"\(N, rows, columns, 3\)"):
         loaded.predict_proba(np.zeros((2, 16, 16, 4)))
+    loaded.check_feature_spec(dict(loaded.spec))
+    with pytest.raises(FeatureSpecMismatch, match=r"gsd_m: model 2.0, data 1.0"):
+        loaded.check_feature_spec({**loaded.spec, "gsd_m": 1.0})
 
 
 @pytest.mark.parametrize(
