@@ -31,29 +31,36 @@ needs "valid" padding ("same" pads a lone window's border with zeros, where insi
 there are real pixels), so the default network uses it.
 
 **Default architecture** (:data:`DEFAULT_LAYERS`, windows of :data:`DEFAULT_WINDOW` = 64 px):
-four 3 × 3 valid conv layers of 8, 16, 32, 64 filters with ReLU, 2 × 2 max pools between
+four 3 × 3 valid conv layers of 8, 8, 32, 64 filters with ReLU, 2 × 2 max pools between
 them, global max, dense 32 + ReLU, sigmoid output. 64 → 62 → 31 → 29 → 14 → 12 → 6 → 4 cells;
-total stride 8, minimum window 38 px, receptive field 38 px (76 m at 2 m), 26.7 k parameters
+total stride 8, minimum window 38 px, receptive field 38 px (76 m at 2 m), 23.8 k parameters
 (4 bands). Chosen on a 64-px bar task (a bar of 8 px at a random position and orientation
 against 8 scattered bright pixels, 4 bands, noise 0.3; 1280 windows to train, 400 to validate,
-600 held out; 300 Adam steps at batch 64 with D4; one core, load average ~3):
+600 held out; 300 Adam steps at batch 64 with D4) and on the training step's time (batch 64,
+one core, this code, load average ~2.4 on the 2 shared cores):
 
 =====================  ==========  =============  ==================
 filters                parameters  step (ms, 64)  held-out accuracy
 =====================  ==========  =============  ==================
-16, 32, 64, 64         62.8 k      131            0.977
-**8, 16, 32, 64**      26.7 k      80             0.983
-8, 16, 32, 32          16.4 k      78             0.973
-16, 32, 64, 64, *avg*  62.8 k      135            0.557 (not learnt)
+16, 32, 64, 64         62.8 k      131 [1]_       0.977
+8, 16, 32, 64          26.7 k      61             0.983
+**8, 8, 32, 64**       23.8 k      45             0.980
+8, 8, 16, 32           7.8 k       48             0.953
+4, 8, 16, 32           7.3 k       39             0.977
+8, 16, 32, 32          16.4 k      78 [1]_        0.973
+16, 32, 64, 64, *avg*  62.8 k      135 [1]_       0.557 (not learnt)
 =====================  ==========  =============  ==================
 
+.. [1] measured before two optimizations of the backward pass (~15 % faster since).
+
+- the budget decides the width: 2000 steps at batch 64 must fit in ~90 s on the demo's 2 cores,
+  i.e. <= ~45 ms a step; the first two layers work on the largest maps (62² and 29² cells) and
+  cost most, so they are narrow; layers 3-4 (12² and 4² cells) are cheap and keep 32 and 64
+  filters for capacity. (4, 8, 16, 32) is faster still, but with 7 k parameters it leaves
+  little room for real imagery, which is harder than bars.
 - global *max* rather than average: the target is one small object anywhere in the window; a
   max keeps the strongest detector response wherever it is, an average dilutes it by the
   area (the average-pooled net had not learnt the task after 300 steps);
-- half the width of the first layers costs nothing in accuracy and 40 % of the step time (the
-  first two layers work on the largest maps); the last layer is cheap (4 x 4 cells), so it
-  keeps 64 filters. At ~1.1 ms per window (forward + backward), 2000 steps at batch 64 take
-  ~70 s of compute on 2 cores.
 - four conv layers reach a 38-px (76 m) receptive field, wide enough for a dam and its banks.
 
 Parameters are ``[W1, b1, W2, b2, ...]`` over the conv and dense layers in order (conv
@@ -105,7 +112,7 @@ DEFAULT_WINDOW = 64  # pixels (128 m at the default 2 m ground sample distance)
 DEFAULT_LAYERS: list[dict[str, Any]] = [
     {"type": "conv", "filters": 8, "kernel": 3, "stride": 1, "padding": "valid", "activation": "relu"},
     {"type": "maxpool", "size": 2},
-    {"type": "conv", "filters": 16, "kernel": 3, "stride": 1, "padding": "valid", "activation": "relu"},
+    {"type": "conv", "filters": 8, "kernel": 3, "stride": 1, "padding": "valid", "activation": "relu"},
     {"type": "maxpool", "size": 2},
     {"type": "conv", "filters": 32, "kernel": 3, "stride": 1, "padding": "valid", "activation": "relu"},
     {"type": "maxpool", "size": 2},

@@ -398,7 +398,7 @@ def main() -> None:
         print(f"{name:<22}{infer[name]:>9.2f}{infer['ann score_map'] / infer[name]:>12.2f}")
 
     default = DEFAULT_BATCH_SIZE
-    batches = tuple(sorted({128, 256, default}))
+    batches = tuple(sorted({256, default, 1024}))
     dp = bench_dp(max(2, args.rounds // 2), batches, default, steps=6 if not args.quick else 3)
     print(f"\ndata-parallel, 2 workers x 1 thread, 8 shards, micro-batch {MICRO_BATCH}; ceiling (2 independent "
           f"processes at batch {default}): {dp['ceiling']:.0f} examples/s")

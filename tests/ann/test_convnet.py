@@ -146,7 +146,7 @@ def test_default_geometry():
     assert (net.window, net.channels, net.total_stride) == (64, 4, 8)
     assert net.feature_size(64) == 4 and net.feature_size(38) == 1 and net.feature_size(37) < 1
     assert net.min_window == 38 and net.receptive_field == 38
-    assert net.fully_convolutional and net.n_parameters == 26713
+    assert net.fully_convolutional and net.n_parameters == 23825
 
 
 @pytest.mark.parametrize(
