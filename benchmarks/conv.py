@@ -368,6 +368,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--size", type=int, default=4096, help="raster edge for the inference benchmark")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and a smaller raster (a smoke test)")
+    parser.add_argument("--dp-rounds", type=int, default=None, help="data-parallel rounds (default: rounds // 2, at least 2)")
     args = parser.parse_args()
     if args.quick:
         args.rounds, args.size = 2, 1024
@@ -399,7 +400,7 @@ def main() -> None:
 
     default = DEFAULT_BATCH_SIZE
     batches = tuple(sorted({256, default, 1024}))
-    dp = bench_dp(max(2, args.rounds // 2), batches, default, steps=6 if not args.quick else 3)
+    dp = bench_dp(args.dp_rounds or max(2, args.rounds // 2), batches, default, steps=6 if not args.quick else 3)
     print(f"\ndata-parallel, 2 workers x 1 thread, 8 shards, micro-batch {MICRO_BATCH}; ceiling (2 independent "
           f"processes at batch {default}): {dp['ceiling']:.0f} examples/s")
     print("idle share = 1 - mean task compute / step; exchange = step - slowest task (weights out, gradients back, "
