@@ -1,23 +1,38 @@
 """Trained classifiers and their model files (never pickle).
 
-A :class:`Classifier` is everything needed to score raw tile features: the network, the
-standardization statistics of its training set, the feature spec it was trained on (name and
-feature order), the decision threshold, and free metadata (training history summary, metrics,
-data provenance).
+A :class:`Classifier` is everything needed to score raw inputs: the network, the
+standardization statistics of its training set, the spec of its inputs, the decision
+threshold, and free metadata (training history summary, metrics, data provenance). Two model
+types:
+
+- ``"classic"``: an :class:`ann.network.MLP` over tile feature vectors (N, F); the spec is the
+  feature spec (name and feature order) and the statistics are per feature;
+- ``"cnn"``: an :class:`ann.convnet.ConvNet` over pixel windows (N, H, W, C), channels last;
+  the spec is an opaque dict the pipeline fills (bands, ground sample distance, window, pixel
+  scaling) and the statistics are per channel. :meth:`Classifier.score_map` scores a whole
+  image fully convolutionally.
 
 On disk a model is two files in a models directory, named by its *model id*::
 
     <id>.npz   the weight arrays W1, b1, ..., loaded with allow_pickle=False
     <id>.json  everything else, plus the weights' SHA-256 and the model id
 
-The model id is the first 12 hex digits of the SHA-256 of the JSON content (which includes the
-weights' checksum): the same model always gets the same id, and any change — weights,
-threshold, feature spec — gives another. :func:`load_model` checks everything it reads and
-refuses, each with its own :class:`ModelFileError` message, a file that is missing, truncated,
-not JSON / not an .npz, of an unknown format version, missing fields, holding pickled objects,
-arrays of the wrong name, shape or dtype, weights that do not match their checksum, content
-that does not match the model id, or non-finite weights. Features made with another feature
-spec are refused with :class:`FeatureSpecMismatch` (:meth:`Classifier.check_feature_spec`).
+The model id (format version 2) is the first 12 hex digits of the SHA-256 of what *defines*
+the model: model type, architecture, weights (their checksum), spec, normalization and
+threshold. Metadata (training history, timings, metrics, provenance) is not part of it, so two
+identical trainings from the same seed give the same id however long they took. Files of
+format version 1 (whose id hashed the whole JSON, metadata included) still load, checked the
+way they were written.
+
+:func:`load_model` checks everything it reads and refuses, each with its own
+:class:`ModelFileError` message, a file that is missing, truncated, not JSON / not an .npz, of
+an unknown format version, missing fields, an invalid or absurdly large architecture, holding
+pickled objects, arrays of the wrong name, shape or dtype, weights that do not match their
+checksum, content that does not match the model id, or non-finite weights. The array names,
+shapes and dtypes are read from the .npz member headers and compared with the architecture
+*before* any array is loaded, so a file claiming a 100000 × 100000 layer costs nothing.
+Inputs made with another spec are refused with :class:`FeatureSpecMismatch`
+(:meth:`Classifier.check_feature_spec`).
 """
 
 from __future__ import annotations
@@ -33,15 +48,23 @@ from typing import Any
 
 import numpy as np
 
+import threading
+
+from ann.convnet import MAX_PARAMETERS, ConvNet, architecture_param_shapes
 from ann.errors import AnnError, ConfigError, FeatureSpecMismatch, ModelFileError
-from ann.network import MLP
+from ann.functions import ACTIVATIONS
+from ann.network import MLP, _check_dtype
 from ann.standardize import Standardizer
 
-__all__ = ["Classifier", "save_model", "load_model", "MODEL_FORMAT", "FORMAT_VERSION"]
+__all__ = ["Classifier", "save_model", "load_model", "MODEL_FORMAT", "FORMAT_VERSION", "MODEL_TYPES"]
 
 MODEL_FORMAT = "damwatch-ann-model"
-FORMAT_VERSION = 1
-_REQUIRED = ("format", "format_version", "model_id", "architecture", "weights", "feature_spec", "normalization", "threshold", "metadata")
+FORMAT_VERSION = 2  # 2: model_type, ConvNets, id over the defining content only; 1: classic, id over the whole JSON
+MODEL_TYPES = ("classic", "cnn")
+_REQUIRED_V1 = ("format", "format_version", "model_id", "architecture", "weights", "feature_spec", "normalization", "threshold", "metadata")
+_REQUIRED = _REQUIRED_V1 + ("model_type",)
+# What defines a model (version 2): these fields, and nothing else, make its id.
+_ID_FIELDS = ("model_type", "architecture", "weights", "feature_spec", "normalization", "threshold")
 
 
 def _spec_dict(spec: Any) -> dict[str, Any]:
@@ -54,6 +77,8 @@ def _spec_dict(spec: Any) -> dict[str, Any]:
 
 
 def _spec_label(spec: dict[str, Any]) -> str:
+    if "names" not in spec and "name" not in spec:  # a cnn's input description: show it
+        return _short(spec, 160)
     name = spec.get("name", "?")
     version = spec.get("version")
     n = len(spec.get("names", ()))
@@ -80,35 +105,47 @@ def _json_ready(value: Any) -> Any:
 
 
 class Classifier:
-    """A trained network with its feature spec, normalization and decision threshold.
+    """A trained network with its input spec, normalization and decision threshold.
 
-    network: the trained :class:`MLP`. standardizer: training-set statistics applied to raw
-    features first (None: features go in as they are). feature_spec: dict (or object with
-    ``to_dict()``) with at least ``name`` and ``names`` (feature names in column order).
-    threshold: probability at or above which a tile counts as a detection. metadata: JSON-ready
-    dict (history summary, metrics, provenance); NaN becomes null.
+    network: the trained :class:`MLP` (model type "classic") or :class:`ConvNet` ("cnn").
+    standardizer: training-set statistics applied to raw inputs first, per feature (classic)
+    or per channel (cnn); None: inputs go in as they are. feature_spec: dict (or object with
+    ``to_dict()``); for a classic model it needs ``name`` and ``names`` (feature names in
+    column order), for a cnn it is an opaque description of the input (bands, ground sample
+    distance, window, pixel scaling) that the pipeline fills and compares. threshold:
+    probability at or above which a tile or window counts as a detection. metadata: JSON-ready
+    dict (history summary, metrics, provenance); NaN becomes null. It is not part of the
+    model id.
     """
 
     def __init__(
         self,
-        network: MLP,
+        network: MLP | ConvNet,
         standardizer: Standardizer | None,
         feature_spec: Any,
         threshold: float = 0.5,
         metadata: dict[str, Any] | None = None,
     ) -> None:
         spec = _spec_dict(feature_spec)
-        names = spec.get("names")
-        if not isinstance(spec.get("name"), str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-            raise ConfigError(f"feature spec {spec} needs 'name' (str) and 'names' (list of feature names in column order)")
-        if len(names) != network.n_inputs:
-            raise FeatureSpecMismatch(
-                f"feature spec {_spec_label(spec)} lists {len(names)} features but the network takes {network.n_inputs} inputs"
-            )
-        if standardizer is not None and standardizer.n_features != network.n_inputs:
-            raise ConfigError(
-                f"standardizer has statistics for {standardizer.n_features} features but the network takes {network.n_inputs}"
-            )
+        if isinstance(network, ConvNet):
+            if standardizer is not None and standardizer.n_features != network.channels:
+                raise ConfigError(
+                    f"standardizer has statistics for {standardizer.n_features} channels but the network takes {network.channels}"
+                )
+        elif isinstance(network, MLP):
+            names = spec.get("names")
+            if not isinstance(spec.get("name"), str) or not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+                raise ConfigError(f"feature spec {spec} needs 'name' (str) and 'names' (list of feature names in column order)")
+            if len(names) != network.n_inputs:
+                raise FeatureSpecMismatch(
+                    f"feature spec {_spec_label(spec)} lists {len(names)} features but the network takes {network.n_inputs} inputs"
+                )
+            if standardizer is not None and standardizer.n_features != network.n_inputs:
+                raise ConfigError(
+                    f"standardizer has statistics for {standardizer.n_features} features but the network takes {network.n_inputs}"
+                )
+        else:
+            raise ConfigError(f"network must be an ann MLP or ConvNet, got {type(network).__name__}")
         if not (isinstance(threshold, (int, float, np.floating)) and 0 <= threshold <= 1):
             raise ConfigError(f"decision threshold {threshold!r} must be a probability in [0, 1]")
         self.network = network
@@ -119,13 +156,37 @@ class Classifier:
         self.model_id: str | None = None  # set by save_model / load_model
 
     @property
+    def model_type(self) -> str:
+        """ "classic" (MLP over feature vectors) or "cnn" (ConvNet over pixel windows)."""
+        return "cnn" if isinstance(self.network, ConvNet) else "classic"
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        """The input description (the feature spec of a classic model)."""
+        return self.feature_spec
+
+    @property
     def feature_names(self) -> list[str]:
         return list(self.feature_spec["names"])
 
     def check_feature_spec(self, spec: Any) -> None:
-        """Raise :class:`FeatureSpecMismatch`, naming both specs, unless ``spec`` is this model's."""
+        """Raise :class:`FeatureSpecMismatch`, naming both specs, unless ``spec`` is this model's.
+
+        Classic models compare name, version and feature names; cnn models the whole input
+        description (bands, ground sample distance, window, scaling), naming the keys that differ.
+        """
         other = _spec_dict(spec)
         mine = self.feature_spec
+        if self.model_type == "cnn":
+            if other == mine:
+                return
+            keys = sorted(k for k in mine.keys() | other.keys() if mine.get(k) != other.get(k))
+            detail = "; ".join(f"{k}: model {mine.get(k)!r}, data {other.get(k)!r}" for k in keys)
+            raise FeatureSpecMismatch(
+                f"pixels were prepared for input {_spec_label(other)} but model {self.model_id or '(unsaved)'} "
+                f"was trained on {_spec_label(mine)} ({detail}). Read the survey with the model's input "
+                "description or use a model trained on this one."
+            )
         keys = [k for k in ("name", "version", "names") if k in mine or k in other]
         if all(mine.get(k) == other.get(k) for k in keys):
             return
@@ -143,8 +204,12 @@ class Classifier:
             f"'{mine.get('name')}' or use a model trained on '{other.get('name')}'."
         )
 
-    def predict_proba(self, features: np.ndarray, batch_size: int = 8192) -> np.ndarray:
-        """Probabilities (N,) for raw (unstandardized) features (N, F), F in spec order."""
+    def predict_proba(self, features: np.ndarray, batch_size: int | None = None) -> np.ndarray:
+        """Probabilities (N,) for raw (unstandardized) inputs: features (N, F) in spec order
+        (classic) or pixel windows (N, H, W, C) (cnn)."""
+        if self.model_type == "cnn":
+            return self._predict_windows(features, batch_size or 64)
+        batch_size = batch_size or 8192
         X = np.asarray(features)
         n_in = self.network.n_inputs
         if X.ndim != 2 or X.shape[1] != n_in:
@@ -160,13 +225,42 @@ class Classifier:
             out[start : start + len(chunk)] = self.network.predict_proba(chunk, batch_size=batch_size)
         return out
 
+    def _predict_windows(self, windows: np.ndarray, batch_size: int) -> np.ndarray:
+        X = np.asarray(windows)
+        net = self.network
+        if X.ndim != 4 or X.shape[3] != net.channels:
+            raise FeatureSpecMismatch(
+                f"windows of shape {X.shape} do not fit model {self.model_id or '(unsaved)'}: it takes "
+                f"(N, rows, columns, {net.channels}) pixel windows, channels last"
+            )
+        out = np.empty(X.shape[0], net.dtype)
+        for start in range(0, X.shape[0], batch_size):  # standardize a batch at a time: bounded memory
+            chunk = X[start : start + batch_size]
+            if self.standardizer is not None:
+                chunk = self.standardizer.transform(chunk, dtype=net.dtype)
+            out[start : start + len(chunk)] = net.predict_proba(chunk, batch_size=batch_size)
+        return out
+
+    def score_map(self, image: np.ndarray, window: int | None = None, **kwargs: Any) -> np.ndarray:
+        """Probabilities (h_out, w_out) of every window of the raw image (H, W, C), fully
+        convolutionally: see :meth:`ann.convnet.ConvNet.score_map` (cnn models only)."""
+        if self.model_type != "cnn":
+            raise ConfigError(f"model {self.model_id or '(unsaved)'} is a classic model over tile features; score_map needs a cnn model")
+        std, dtype = self.standardizer, self.network.dtype
+        pre = None if std is None else (lambda strip: std.transform(strip, dtype=dtype))
+        return self.network.score_map(image, window, preprocess=pre, **kwargs)
+
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Detections (N,) bool: probability >= threshold."""
         return self.predict_proba(features) >= self.threshold
 
     def __repr__(self) -> str:
+        if self.model_type == "cnn":
+            shape = f"input_shape={self.network.input_shape}, parameters={self.network.n_parameters}"
+        else:
+            shape = f"sizes={self.network.sizes}"
         return (
-            f"Classifier(model_id={self.model_id!r}, sizes={self.network.sizes}, "
+            f"Classifier(model_id={self.model_id!r}, model_type={self.model_type!r}, {shape}, "
             f"feature_spec={_spec_label(self.feature_spec)}, threshold={self.threshold})"
         )
 
@@ -187,16 +281,40 @@ def _weights_digest(names: list[str], arrays: list[np.ndarray]) -> str:
     return h.hexdigest()
 
 
-def _content_id(doc: dict[str, Any]) -> str:
+def _content_id_v1(doc: dict[str, Any]) -> str:
+    """Format 1's id: the whole JSON but the id (metadata and timings included)."""
     body = {k: v for k, v in doc.items() if k != "model_id"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
+def _content_id(doc: dict[str, Any]) -> str:
+    """Format 2's id: only what defines the model (:data:`_ID_FIELDS`), not metadata."""
+    body = {k: doc.get(k) for k in _ID_FIELDS}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+_UMASK_LOCK = threading.Lock()
+
+
+def _umask() -> int:
+    """The process umask (reading it means setting it; the lock keeps threads from racing)."""
+    with _UMASK_LOCK:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
+
 def _write_atomic(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename: never a partial file."""
+    """Write through a temporary file in the same directory, then rename: never a partial file.
+
+    mkstemp creates the file 0600; it gets the mode an ordinary ``open`` would have given it
+    (0666 less the umask), so other users and services see models as they see other files.
+    """
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.replace(tmp, path)
@@ -219,6 +337,7 @@ def save_model(clf: Classifier, models_dir: str | os.PathLike) -> str:
     doc: dict[str, Any] = {
         "format": MODEL_FORMAT,
         "format_version": FORMAT_VERSION,
+        "model_type": clf.model_type,
         "architecture": net.architecture(),
         "weights": {
             "sha256": _weights_digest(names, arrays),
@@ -260,6 +379,60 @@ def _resolve(source: str | os.PathLike, models_dir: str | os.PathLike | None) ->
     return json_path, npz_path
 
 
+def _mlp_param_shapes(arch: Any) -> list[tuple[int, ...]]:
+    """Parameter shapes of a classic architecture dict, checked, allocating nothing."""
+    if not isinstance(arch, dict):
+        raise ConfigError("architecture must be a JSON object")
+    missing = {"n_inputs", "hidden"} - arch.keys()
+    if missing:
+        raise ConfigError(f"architecture lacks {sorted(missing)}")
+
+    def positive_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+    n_inputs, hidden = arch["n_inputs"], arch["hidden"]
+    if not positive_int(n_inputs):
+        raise ConfigError(f"n_inputs={n_inputs!r} must be a positive integer")
+    if not isinstance(hidden, list) or not all(positive_int(h) for h in hidden):
+        raise ConfigError(f"hidden={hidden!r} must list positive integer layer sizes")
+    if arch.get("activation", "relu") not in ACTIVATIONS:
+        raise ConfigError(f"activation {arch.get('activation')!r} is unknown; choose one of {sorted(ACTIVATIONS)}")
+    _check_dtype(arch.get("dtype", "float32"))
+    sizes = [n_inputs, *hidden, 1]
+    shapes = [s for a, b in zip(sizes[:-1], sizes[1:]) for s in ((a, b), (b,))]
+    total = sum(math.prod(s) for s in shapes)
+    if total > MAX_PARAMETERS:
+        raise ConfigError(f"architecture has {total} parameters, more than the {MAX_PARAMETERS} allowed; this is not a damwatch network")
+    return shapes
+
+
+def _npz_headers(npz_path: Path) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{array name: (shape, dtype)} from the .npy headers inside the .npz, no array data read.
+
+    Raises ModelFileError for members that are not .npy arrays or hold pickled objects.
+    """
+    headers = {}
+    with zipfile.ZipFile(npz_path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                raise ModelFileError(f"weights file {npz_path} holds {info.filename!r}, which is not an .npy array: save the model again")
+            with zf.open(info) as f:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+            if dtype.hasobject:
+                raise ModelFileError(
+                    f"weights file {npz_path} holds pickled Python objects ({info.filename}); model files never use "
+                    "pickle (loading them could run arbitrary code). Refused"
+                )
+            headers[info.filename[: -len(".npy")]] = (tuple(shape), dtype)
+    return headers
+
+
 def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None = None) -> Classifier:
     """Load and check a model: ``load_model("dir/<id>.json")`` (or ``.npz``), or ``load_model(id, dir)``."""
     json_path, npz_path = _resolve(source, models_dir)
@@ -277,34 +450,62 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None =
             "pass the JSON written by save_model"
         )
     version = doc.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in (1, FORMAT_VERSION) or isinstance(version, bool):
         raise ModelFileError(
-            f"{json_path} has model format version {version!r}; this damwatch reads version {FORMAT_VERSION}. "
+            f"{json_path} has model format version {version!r}; this damwatch reads versions 1 to {FORMAT_VERSION}. "
             "Load it with the damwatch version that wrote it, or retrain"
         )
-    missing = [k for k in _REQUIRED if k not in doc]
+    missing = [k for k in (_REQUIRED_V1 if version == 1 else _REQUIRED) if k not in doc]
     if missing:
         raise ModelFileError(f"{json_path} lacks the fields {missing}; it was edited or damaged: save the model again")
+    model_type = "classic" if version == 1 else doc["model_type"]
+    if model_type not in MODEL_TYPES:
+        raise ModelFileError(f"{json_path} has model_type {model_type!r}; this damwatch knows {list(MODEL_TYPES)}")
     arch = doc["architecture"]
-    try:
-        template = MLP.from_architecture(arch, MLP(**_mlp_kwargs(arch)).params)
+    try:  # shapes from the architecture alone: nothing is allocated yet
+        if model_type == "cnn":
+            shapes = architecture_param_shapes(arch)[1]
+            dtype = np.dtype(arch.get("dtype", "float32"))
+        else:
+            shapes = _mlp_param_shapes(arch)
+            dtype = np.dtype(arch.get("dtype", "float32"))
     except (ConfigError, TypeError, KeyError, ValueError) as e:
-        raise ModelFileError(f"{json_path} has an invalid architecture {arch!r}: {e}") from None
+        raise ModelFileError(f"{json_path} has an invalid architecture {_short(arch)}: {e}") from None
+    names = _array_names(len(shapes) // 2)
+    listed = doc["weights"].get("arrays") if isinstance(doc["weights"], dict) else None
+    if isinstance(listed, list):
+        for entry, name, shape in zip(listed, names, shapes):
+            if not isinstance(entry, dict) or entry.get("name") != name or tuple(entry.get("shape", ())) != shape:
+                raise ModelFileError(
+                    f"{json_path} lists weight array {entry!r} but its architecture needs {name} of shape {shape}: "
+                    "it was edited or damaged; save the model again"
+                )
 
-    # -- the weights ---------------------------------------------------------------------------
-    names = _array_names(template.n_layers)
+    # -- the weights: headers first, then the data --------------------------------------------
     if not zipfile.is_zipfile(npz_path):  # np.load would try anything else as a pickle
         raise ModelFileError(
             f"weights file {npz_path} is truncated or not an .npz archive (no zip directory): save the model again"
         )
     try:
-        with np.load(npz_path, allow_pickle=False) as npz:
-            found = list(npz.files)
-            if sorted(found) != sorted(names):
+        headers = _npz_headers(npz_path)
+        if sorted(headers) != sorted(names):
+            raise ModelFileError(
+                f"weights file {npz_path} holds arrays {sorted(headers)} but the architecture "
+                f"in {json_path.name} needs {names}: the files belong to different models"
+            )
+        for name, shape in zip(names, shapes):
+            got_shape, got_dtype = headers[name]
+            if got_shape != shape:
                 raise ModelFileError(
-                    f"weights file {npz_path} holds arrays {sorted(found)} but the architecture "
-                    f"{template.sizes} in {json_path.name} needs {names}: the files belong to different models"
+                    f"array {name} in {npz_path} has shape {got_shape} but the architecture in "
+                    f"{json_path.name} needs {shape}: the files belong to different models"
                 )
+            if got_dtype != dtype:
+                raise ModelFileError(
+                    f"array {name} in {npz_path} is {got_dtype} but the architecture in {json_path.name} says "
+                    f"{dtype.name}: the files belong to different models"
+                )
+        with np.load(npz_path, allow_pickle=False) as npz:
             arrays = [npz[n] for n in names]
     except ModelFileError:
         raise
@@ -319,27 +520,17 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None =
         raise ModelFileError(
             f"weights file {npz_path} is truncated or not an .npz archive ({type(e).__name__}: {e}): save the model again"
         ) from None
-    for name, a, p in zip(names, arrays, template.params):
-        if a.shape != p.shape:
-            raise ModelFileError(
-                f"array {name} in {npz_path} has shape {a.shape} but the architecture {template.sizes} in "
-                f"{json_path.name} needs {p.shape}: the files belong to different models"
-            )
-        if a.dtype != p.dtype:
-            raise ModelFileError(
-                f"array {name} in {npz_path} is {a.dtype} but the architecture in {json_path.name} says "
-                f"{p.dtype.name}: the files belong to different models"
-            )
     weights = doc["weights"]
     if not isinstance(weights, dict) or _weights_digest(names, arrays) != weights.get("sha256"):
         raise ModelFileError(
             f"weights in {npz_path} do not match the checksum in {json_path.name}: the .npz was modified "
             "or comes from another model with the same shapes"
         )
-    if _content_id(doc) != doc["model_id"] or (json_path.stem != doc["model_id"]):
+    content_id = _content_id_v1(doc) if version == 1 else _content_id(doc)
+    if content_id != doc["model_id"] or (json_path.stem != doc["model_id"]):
         raise ModelFileError(
             f"{json_path} does not match its model id {doc['model_id']!r} (its content hashes to "
-            f"{_content_id(doc)!r}): it was edited after saving or renamed. Save the model again"
+            f"{content_id!r}): it was edited after saving or renamed. Save the model again"
         )
     for name, a in zip(names, arrays):
         if not np.isfinite(a).all():
@@ -347,7 +538,7 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None =
 
     # -- the rest -----------------------------------------------------------------------------
     try:
-        net = MLP.from_architecture(arch, arrays)
+        net = ConvNet.from_architecture(arch, arrays) if model_type == "cnn" else MLP.from_architecture(arch, arrays)
         norm = doc["normalization"]
         standardizer = None if norm is None else Standardizer.from_dict(norm)
         clf = Classifier(net, standardizer, doc["feature_spec"], doc["threshold"], doc["metadata"])
@@ -357,12 +548,6 @@ def load_model(source: str | os.PathLike, models_dir: str | os.PathLike | None =
     return clf
 
 
-def _mlp_kwargs(arch: Any) -> dict[str, Any]:
-    if not isinstance(arch, dict):
-        raise ConfigError("architecture must be a JSON object")
-    return {
-        "n_inputs": arch["n_inputs"],
-        "hidden": arch["hidden"],
-        "activation": arch.get("activation", "relu"),
-        "dtype": arch.get("dtype", "float32"),
-    }
+def _short(value: Any, limit: int = 300) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."

@@ -72,7 +72,7 @@ def dense_backward(
     ``da`` is overwritten with ``delta = dA * f'(Z)`` (the caller's buffer is reused). ``work``
     is a (B, n_out) scratch array for ``f'`` (bool is enough for ReLU's 0/1, and faster).
     ``ones``, a (B,) vector of ones, makes ``db = ones @ delta`` a BLAS matrix-vector product,
-    about twice as fast as ``delta.sum(axis=0)``. ``need_dx=False`` skips ``dX`` (the first
+    about twice as fast as ``delta.sum(axis=0)`` (made here when not given). ``need_dx=False`` skips ``dX`` (the first
     layer's inputs are data, nobody needs their gradient) and returns ``None`` in its place.
     """
     x, W, a, activation = cache
@@ -81,10 +81,9 @@ def dense_backward(
         fprime = DERIVATIVES[activation](a, out=work)  # (B, n_out)
         np.multiply(delta, fprime, out=delta)
     dW = np.matmul(x.T, delta, out=dW_out)  # (n_in, n_out)
-    if ones is None:
-        db = np.sum(delta, axis=0, out=db_out)  # (n_out,)
-    else:
-        db = np.matmul(ones, delta, out=db_out)  # (n_out,), the same sum
+    if ones is None:  # the pure call adds like the buffered one: the same bits
+        ones = np.ones(delta.shape[0], delta.dtype)
+    db = np.matmul(ones, delta, out=db_out)  # (n_out,)
     if not need_dx:
         dx = None
     elif W.shape[1] == 1:

@@ -149,8 +149,17 @@ def calibration(y_true: np.ndarray, p: np.ndarray, n_bins: int = 10) -> dict[str
         raise ConfigError(f"n_bins={n_bins!r} must be a positive integer (e.g. 10)")
     y, p = _pair(y_true, p, "p")
     p = p.astype(np.float64)
-    if p.size and (np.nanmin(p) < 0 or np.nanmax(p) > 1 or np.isnan(p).any()):
-        raise ConfigError("calibration needs probabilities in [0, 1]; got values outside (or NaN)")
+    n_nan = int(np.isnan(p).sum())
+    if n_nan:
+        raise ConfigError(
+            f"calibration needs probabilities in [0, 1] but p holds {n_nan} NaN of {p.size}: the model that made "
+            "them is broken, usually by a training that diverged; retrain with a lower learning_rate"
+        )
+    if p.size and (p.min() < 0 or p.max() > 1):
+        raise ConfigError(
+            f"calibration needs probabilities in [0, 1] but p ranges over [{p.min():g}, {p.max():g}]; pass "
+            "probabilities (e.g. Classifier.predict_proba), not logits or scores"
+        )
     idx = np.minimum((p * n_bins).astype(np.int64), n_bins - 1)
     count = np.bincount(idx, minlength=n_bins)
     sum_p = np.bincount(idx, weights=p, minlength=n_bins)

@@ -28,6 +28,25 @@ How the work reaches the workers, and why:
   in proportion to their threads, keeping each shard where it already is when possible, so a
   worker that died and came back gets its share again.
 
+- Shards stay resident: a shard is read and standardized once, by its task, and held in its
+  worker's memory for the whole training, so a step moves only weights and gradients, never
+  examples (for pixel windows a shard is large, and reading it again from Zarr every step
+  would cost more than the step). If its worker dies, the scheduler recomputes the shard's
+  tasks (read, standardize) on a live worker the next time a step needs it; the step's other
+  results are unaffected, and since every step is a pure function of (weights, shard, plan,
+  epoch, step), training continues to bit-identical weights (tests/ann/test_parallel.py kills a
+  worker with SIGKILL mid-training).
+- Shards hold feature rows (n, F) for the classic network or pixel windows (n, H, W, C) for
+  the ConvNet; the plan's D4 augmentation and balanced sampling run inside each shard's step
+  (:func:`ann.shards.shard_gradient`), seeded by the shard and the examples' global indices,
+  never by the worker.
+
+The global batch: an exchange (weights out, gradients back, scheduler round trips) costs
+~20-40 ms on one machine whatever the batch, so each worker's share of a step must compute for
+~9x that. For the default ConvNet (~1.1 ms per window, forward and backward, one core) on 2
+workers that is a global batch of 512 (benchmarks/conv.py: exchange ~5 % of the step at 512,
+9-12 % at 256, over 25 % at 128): :data:`ann.convnet.DEFAULT_BATCH_SIZE`.
+
 Only this module of ``ann`` imports Dask.
 """
 
@@ -62,13 +81,16 @@ def _load(load_shard: ShardLoader, index: int):
 
 def _gradient_group(
     architecture: dict, params: list[np.ndarray], plan: ShardPlan, epoch: int, step: int, *shards: Shard
-) -> tuple[dict[tuple[int, int], StepResult], float]:
+) -> tuple[dict[tuple[int, int], StepResult], float, float]:
     """One worker's share of a step: its shards' sums, added up to the largest complete nodes of
-    the reduction tree (fewer arrays to send back), and the seconds spent computing."""
+    the reduction tree (fewer arrays to send back), the seconds spent computing gradients and
+    the seconds spent adding them (the reduction is part of the exchange, not of the compute)."""
     start = time.perf_counter()
     net = network_for(architecture, params)
     leaves = {shard.index: shard_gradient(net, shard, plan, epoch, step) for shard in shards}
-    return reduce_held(leaves, plan.n_shards), time.perf_counter() - start
+    computed = time.perf_counter()
+    held = reduce_held(leaves, plan.n_shards)
+    return held, computed - start, time.perf_counter() - computed
 
 
 def balance_shards(
@@ -110,12 +132,17 @@ def balance_shards(
 
 
 class StepTiming:
-    """Wall time of each step on the driver and compute time inside its tasks (seconds)."""
+    """Wall time of each step on the driver and compute time inside its tasks (seconds).
+
+    Compute is the gradient work only; each task's on-worker reduction (adding its shards'
+    sums) is in ``reduce_seconds`` and counts as exchange, like the driver's additions.
+    """
 
     def __init__(self) -> None:
         self.step_seconds: list[float] = []
         self.compute_seconds: list[float] = []  # summed over the step's tasks
-        self.task_seconds: list[list[float]] = []  # compute of each task (imbalance shows here)
+        self.task_seconds: list[list[float]] = []  # gradient compute of each task (imbalance shows here)
+        self.reduce_seconds: list[list[float]] = []  # on-worker reduction of each task
         self.n_groups: list[int] = []  # tasks (each received the weights)
         self.n_nodes: list[int] = []  # gradients sent back (reduction-tree nodes)
 
@@ -220,14 +247,16 @@ class DaskGradientSource:
             for g, (worker, shards) in enumerate(groups)
         ]
         nodes: dict[tuple[int, int], StepResult] = {}
-        task_seconds = []
-        for held, seconds in self.client.gather(futures, direct=self._direct):
+        task_seconds, reduce_seconds = [], []
+        for held, seconds, reducing in self.client.gather(futures, direct=self._direct):
             nodes.update(held)
             task_seconds.append(seconds)
+            reduce_seconds.append(reducing)
         loss, grads, count = reduce_tree(nodes, 0, self.plan.n_shards)
         self.timing.step_seconds.append(time.perf_counter() - start)
         self.timing.compute_seconds.append(sum(task_seconds))
         self.timing.task_seconds.append(task_seconds)
+        self.timing.reduce_seconds.append(reduce_seconds)
         self.timing.n_groups.append(len(futures))
         self.timing.n_nodes.append(len(nodes))
         if self.on_step is not None:

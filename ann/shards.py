@@ -21,7 +21,19 @@ floating-point result, hence training, does not depend on the worker count (DESI
 
 Normalization statistics are exact too: each shard returns its count, mean and sum of squared
 deviations (float64), and :func:`combine_moments` merges them on the driver in shard order
-with Chan's formula.
+with Chan's formula. For pixel windows (n, H, W, C) the statistics are per channel, over every
+pixel (the count is then the number of pixels).
+
+A shard's examples are feature rows (n, F) for the classic network or pixel windows
+(n, H, W, C) for the :class:`ann.convnet.ConvNet`. Two options of the plan shape each step's
+rows inside the shard, so they are the same wherever the shard is computed:
+
+- ``sampling="balanced"``: the step takes half its rows from the shard's positives and half
+  from its negatives, each class drawn in turn from its own reshuffled cycle
+  (:func:`balanced_rows`), so rare positives appear in every step instead of a few per epoch.
+  A shard holding one class only draws from it alone.
+- ``augment="d4"``: each window is shown under one of the 8 symmetries of the square, chosen by
+  a hash of (seed, epoch, the example's global index) (:mod:`ann.augment`).
 
 This module is pure NumPy; :mod:`ann.parallel` runs the same functions on Dask workers, and
 :class:`ShardedSource` runs them in this process (one worker, no Dask).
@@ -36,6 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ann.augment import apply_d4, d4_codes
 from ann.errors import ConfigError
 from ann.standardize import Standardizer
 
@@ -54,15 +67,47 @@ __all__ = [
     "network_for",
     "ShardedSource",
     "NpyShardLoader",
+    "balanced_rows",
+    "AUGMENTATIONS",
+    "SAMPLINGS",
 ]
 
-# (X (n, F) float, y (n,) {0, 1}, w (n,) sample weights or None)
+# (X (n, F) features or (n, H, W, C) windows, float; y (n,) {0, 1}; w (n,) sample weights or None)
 ShardData = tuple[np.ndarray, np.ndarray, "np.ndarray | None"]
 ShardLoader = Callable[[int], ShardData]
 # (sum of example losses, per-parameter sums of example gradients, number of examples)
 StepResult = tuple[float, list[np.ndarray], int]
 
 _PARTITION_STREAM = 0x5A4D  # separates the partition's random stream from the per-epoch ones
+AUGMENTATIONS = (None, "d4")
+SAMPLINGS = ("uniform", "balanced")
+
+
+def balanced_rows(labels: np.ndarray, batch: int, seed: int, epoch: int, step: int, stream: int = 0) -> np.ndarray:
+    """Rows (batch,) for one step: ``ceil(batch / 2)`` positives and the rest negatives.
+
+    Each class is an endless sequence of reshuffles of its rows (cycle ``c`` ordered by
+    ``default_rng([seed, epoch, stream, class, c])``); step ``t`` takes the next slice of each,
+    so positives repeat (oversampled) while negatives are visited in turn. With one class only,
+    the batch is drawn from it alone. A pure function of its arguments: the same rows wherever
+    it runs.
+    """
+    labels = np.asarray(labels).reshape(-1)
+    pos = np.flatnonzero(labels > 0.5)
+    neg = np.flatnonzero(labels <= 0.5)
+    if pos.size == 0 or neg.size == 0:
+        parts = [(np.arange(labels.size), batch, 2)]
+    else:
+        b_pos = (batch + 1) // 2
+        parts = [(pos, b_pos, 1), (neg, batch - b_pos, 0)]
+    rows = []
+    for members, b, cls in parts:
+        n = members.size
+        start, stop = step * b, (step + 1) * b
+        for c in range(start // n, (stop - 1) // n + 1 if b else start // n):
+            order = members[np.random.default_rng([seed, epoch, stream, cls, c]).permutation(n)]
+            rows.append(order[max(start - c * n, 0) : min(stop - c * n, n)])
+    return np.concatenate(rows) if rows else np.empty(0, np.int64)
 
 
 @dataclass(frozen=True)
@@ -73,7 +118,10 @@ class ShardPlan:
     of the worker threads you expect; the default 8 fits 1, 2, 4 and 8). ``batch_size``: global
     examples per optimizer step, summed over shards. ``micro_batch``: rows per gradient call
     inside a shard (bounds the work buffers; several micro-batches are accumulated before one
-    exchange). ``seed``: fixes the partition and every epoch's order.
+    exchange). ``seed``: fixes the partition and every epoch's order. ``augment``: None or
+    ``"d4"`` (pixel windows only). ``sampling``: ``"uniform"`` or ``"balanced"`` (see the module
+    docstring). Build it from a :class:`ann.train.TrainConfig` with :meth:`from_config`, so that
+    the config's ``batch_size`` (the global mini-batch), seed, augment and sampling are the plan's.
     """
 
     n_examples: int
@@ -81,17 +129,32 @@ class ShardPlan:
     batch_size: int = 131072  # 16384 per shard: keeps the exchange <= ~10 % of a step (benchmarks/README.md)
     micro_batch: int = 512  # fastest rows per gradient call on one core (work buffers stay in cache)
     seed: int = 0
+    augment: str | None = None  # "d4": each window under a seeded one of the 8 square symmetries
+    sampling: str = "uniform"  # "balanced": half of each step's rows positive (rare targets)
 
     def __post_init__(self) -> None:
         for name in ("n_examples", "n_shards", "batch_size", "micro_batch"):
             value = getattr(self, name)
             if not isinstance(value, (int, np.integer)) or value < 1:
                 raise ConfigError(f"shard plan setting {name}={value!r} must be a positive integer")
+        if self.augment not in AUGMENTATIONS:
+            raise ConfigError(f"shard plan augment={self.augment!r} is unknown; choose one of {AUGMENTATIONS}")
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"shard plan sampling={self.sampling!r} is unknown; choose one of {SAMPLINGS}")
         if self.n_shards > self.n_examples:
             raise ConfigError(
                 f"shard plan asks for {self.n_shards} shards of {self.n_examples} examples; "
                 f"use at most one shard per example (fewer shards, or more training data)"
             )
+
+    @classmethod
+    def from_config(cls, n_examples: int, config, n_shards: int = 8, micro_batch: int = 512) -> "ShardPlan":
+        """The plan of ``config`` (a :class:`ann.train.TrainConfig`): its batch_size is the global
+        mini-batch, its seed, augment and sampling are the plan's. ``n_shards`` is capped at
+        ``n_examples``. For a ConvNet keep ``micro_batch`` small (~32-64 windows: its patch
+        matrices grow with it)."""
+        return cls(n_examples=n_examples, n_shards=min(n_shards, n_examples), batch_size=config.batch_size,
+                   micro_batch=micro_batch, seed=config.seed, augment=config.augment, sampling=config.sampling)
 
     @property
     def shard_batch(self) -> int:
@@ -125,6 +188,13 @@ class ShardPlan:
         b = self.shard_batch
         return order[step * b : (step + 1) * b]
 
+    def shard_step_rows(self, shard: int, labels: np.ndarray, epoch: int, step: int) -> np.ndarray:
+        """The rows step ``step`` uses under the plan's sampling (labels (n_s,) of the shard)."""
+        if self.sampling == "balanced":
+            self._check_shard(shard)
+            return balanced_rows(labels, self.shard_batch, self.seed, epoch, step, stream=shard)
+        return self.step_rows(shard, epoch, step)
+
     def _check_shard(self, shard: int) -> None:
         if not 0 <= shard < self.n_shards:
             raise ConfigError(f"shard {shard} does not exist; the plan has shards 0..{self.n_shards - 1}")
@@ -136,17 +206,21 @@ class ShardPlan:
             "batch_size": int(self.batch_size),
             "micro_batch": int(self.micro_batch),
             "seed": int(self.seed),
+            "augment": self.augment,
+            "sampling": self.sampling,
         }
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard's examples, ready for gradients: X (n, F) in the network dtype, y (n,), w (n,) or None."""
+    """One shard's examples, ready for gradients: X (n, F) or (n, H, W, C) in the network dtype,
+    y (n,), w (n,) or None; ``ids`` (n,) their global indices (seed D4 augmentation)."""
 
     index: int
     X: np.ndarray
     y: np.ndarray
     w: np.ndarray | None
+    ids: np.ndarray | None = None
 
     @property
     def nbytes(self) -> int:
@@ -159,10 +233,10 @@ def _checked(index: int, data: ShardData, expected_rows: int) -> ShardData:
     X, y, w = data
     X = np.asarray(X)
     y = np.asarray(y)
-    if X.ndim != 2 or y.shape != (X.shape[0],) or (w is not None and np.shape(w) != y.shape):
+    if X.ndim not in (2, 4) or y.shape != (X.shape[0],) or (w is not None and np.shape(w) != y.shape):
         raise ConfigError(
             f"load_shard({index}) returned X {X.shape}, y {y.shape}, w {None if w is None else np.shape(w)}; "
-            f"expected X (n, F), y (n,) and w (n,) or None"
+            f"expected X (n, F) or (n, H, W, C), y (n,) and w (n,) or None"
         )
     if X.shape[0] != expected_rows:
         raise ConfigError(
@@ -173,12 +247,15 @@ def _checked(index: int, data: ShardData, expected_rows: int) -> ShardData:
 
 
 def shard_moments(index: int, data: ShardData, plan: ShardPlan) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, mean (F,), sum of squared deviations (F,)) of a shard's raw features, in float64."""
+    """(count, mean (F,), sum of squared deviations (F,)) of a shard's raw features, in float64.
+
+    For windows (n, H, W, C): per channel over the n H W pixels (count = n H W).
+    """
     X, _, _ = _checked(index, data, plan.shard_sizes()[index])
-    X64 = X.astype(np.float64)
+    X64 = X.reshape(-1, X.shape[-1]).astype(np.float64)  # (n [H W], F)
     mean = X64.mean(axis=0)
     m2 = ((X64 - mean) ** 2).sum(axis=0)
-    return X.shape[0], mean, m2
+    return X64.shape[0], mean, m2
 
 
 def combine_moments(moments: Sequence[tuple[int, np.ndarray, np.ndarray]]) -> tuple[int, np.ndarray, np.ndarray]:
@@ -205,13 +282,20 @@ def prepare_shard(
     mean: np.ndarray | None,
     scale: np.ndarray | None,
 ) -> Shard:
-    """Turn a loaded shard into a :class:`Shard`: standardized ``(X - mean) / scale``, in ``dtype``."""
+    """Turn a loaded shard into a :class:`Shard`: standardized ``(X - mean) / scale`` (over the
+    last axis, computed in float64 a block of examples at a time), in ``dtype``."""
     X, y, w = _checked(index, data, plan.shard_sizes()[index])
     dt = np.dtype(dtype)
-    if mean is not None:
-        X = (X.astype(np.float64) - mean) / scale
-    X = np.ascontiguousarray(X, dtype=dt)
-    return Shard(index, X, np.asarray(y, dtype=dt), None if w is None else np.asarray(w, dtype=dt))
+    if mean is None:
+        X = np.ascontiguousarray(X, dtype=dt)
+    else:
+        out = np.empty(X.shape, dt)
+        block = max(1, (1 << 22) // max(1, int(np.prod(X.shape[1:]))))  # ~32 MB of float64 at a time
+        for start in range(0, X.shape[0], block):
+            out[start : start + block] = (X[start : start + block].astype(np.float64) - mean) / scale
+        X = out
+    return Shard(index, X, np.asarray(y, dtype=dt), None if w is None else np.asarray(w, dtype=dt),
+                 plan.shard_indices(index))
 
 
 _NETWORKS: dict[str, object] = {}
@@ -224,12 +308,12 @@ def network_for(architecture: dict, params: Sequence[np.ndarray]):
     the same architecture, so it keeps one network per architecture and copies the new
     weights into it.
     """
-    from ann.network import MLP
+    from ann.convnet import network_from_architecture
 
     key = json.dumps(architecture, sort_keys=True, default=str)
     net = _NETWORKS.get(key)
     if net is None:
-        net = MLP.from_architecture(architecture, [np.array(p, copy=True) for p in params])
+        net = network_from_architecture(architecture, [np.array(p, copy=True) for p in params])
         _NETWORKS[key] = net
     else:
         for mine, new in zip(net.params, params, strict=True):
@@ -251,19 +335,32 @@ def _gather(a: np.ndarray, rows: np.ndarray, slot: str) -> np.ndarray:
 _BUFFERS: dict[str, np.ndarray] = {}
 
 
+def _like(a: np.ndarray, slot: str) -> np.ndarray:
+    """A buffer of a's shape and dtype reused across steps."""
+    buf = _BUFFERS.get(slot)
+    if buf is None or buf.dtype != a.dtype or buf.shape[1:] != a.shape[1:] or buf.shape[0] < a.shape[0]:
+        buf = _BUFFERS[slot] = np.empty(a.shape, a.dtype)
+    return buf[: a.shape[0]]
+
+
 def shard_gradient(net, shard: Shard, plan: ShardPlan, epoch: int, step: int) -> StepResult:
     """Sum of losses and gradients over this shard's rows of the step, micro-batch by micro-batch.
 
     Returns fresh gradient arrays (float sums in the network dtype); the micro-batches are
-    added in row order, so the result is the same bits wherever the shard is computed.
+    added in row order, so the result is the same bits wherever the shard is computed. The
+    plan's sampling chooses the rows, its augmentation transforms the gathered windows.
     """
-    rows = plan.step_rows(shard.index, epoch, step)
+    rows = plan.shard_step_rows(shard.index, shard.y, epoch, step)
     loss_sum = 0.0
     total: list[np.ndarray] | None = None
     for start in range(0, len(rows), plan.micro_batch):
         r = rows[start : start + plan.micro_batch]
         w = None if shard.w is None else _gather(shard.w, r, "w")
-        loss, grads = net.loss_and_grad(_gather(shard.X, r, "X"), _gather(shard.y, r, "y"), w, reuse_buffers=True)
+        X = _gather(shard.X, r, "X")
+        if plan.augment == "d4":
+            ids = shard.ids if shard.ids is not None else plan.shard_indices(shard.index)
+            X = apply_d4(X, d4_codes(plan.seed, epoch, ids[r]), out=_like(X, "X_d4"))
+        loss, grads = net.loss_and_grad(X, _gather(shard.y, r, "y"), w, reuse_buffers=True)
         loss_sum += float(loss)
         if total is None:
             total = [np.array(g, copy=True) for g in grads]  # grads are the network's work buffers
@@ -358,7 +455,7 @@ class ShardedSource:
 
 
 class NpyShardLoader:
-    """``load_shard`` for a training set saved as ``.npy`` files: X (N, F), y (N,), w (N,) optional.
+    """``load_shard`` for a training set saved as ``.npy`` files: X (N, F) or (N, H, W, C), y (N,), w (N,) optional.
 
     The files are memory-mapped, so each worker reads only its shard's rows. The loader holds
     paths, not arrays, so sending it to a worker costs nothing (DESIGN decision 4).

@@ -6,6 +6,11 @@ thousands); a network whose inputs differ in scale by 10⁴ trains slowly and un
 and applies ``(x - mean) / scale`` to any later features (validation, detection), so the model
 file must carry these statistics. A feature constant on the training set (variance 0) gets
 scale 1: it stays constant (0) instead of dividing by zero.
+
+For pixel windows ``X (N, H, W, C)`` (channels last, :mod:`ann.convnet`) the statistics are *per
+channel*: mean and scale have length C and are taken over every pixel of every window, and
+``transform`` applies them over the last axis. A feature table (N, F) is the same rule with
+F "channels" of one pixel each.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ __all__ = ["Standardizer"]
 
 
 class Standardizer:
-    """``transform(X) = (X - mean) / scale`` per feature; mean and scale are float64 (F,)."""
+    """``transform(X) = (X - mean) / scale`` over the last axis; mean and scale are float64 (F,) or (C,)."""
 
     def __init__(self, mean: np.ndarray, scale: np.ndarray) -> None:
         mean = np.asarray(mean, dtype=np.float64).reshape(-1)
@@ -38,10 +43,14 @@ class Standardizer:
 
     @classmethod
     def fit(cls, X: np.ndarray) -> "Standardizer":
-        """Statistics of the training features X (N, F), accumulated in float64."""
+        """Statistics of the training features X (N, F) or windows (N, H, W, C), in float64.
+
+        For windows, per channel over all N H W pixels.
+        """
         X = np.asarray(X)
-        if X.ndim != 2 or X.shape[0] == 0:
-            raise ConfigError(f"standardizer needs training features of shape (N, F) with N > 0, got {X.shape}")
+        if X.ndim < 2 or X.shape[0] == 0:
+            raise ConfigError(f"standardizer needs training features (N, F) or windows (N, H, W, C) with N > 0, got {X.shape}")
+        X = X.reshape(-1, X.shape[-1])  # (N [H W], F)
         if not np.isfinite(X).all():
             bad = np.flatnonzero(~np.isfinite(X).all(axis=0))[:10]
             raise AnnError(
@@ -59,16 +68,18 @@ class Standardizer:
         return cls(mean, np.where(var > 0, np.sqrt(np.maximum(var, 0)), 1.0))
 
     def transform(self, X: np.ndarray, dtype: Any = np.float32) -> np.ndarray:
-        """Standardized copy of X (N, F) in ``dtype`` (the network's).
+        """Standardized copy of X (N, F) or (..., C) in ``dtype`` (the network's), over the last axis.
 
         The arithmetic runs in ``dtype`` itself: two in-place passes over one copy. (A float64
         detour cost several times the network's own forward pass when scoring float32 tiles.)
         """
         X = np.asarray(X)
-        if X.ndim != 2 or X.shape[1] != self.n_features:
-            raise ConfigError(f"features of shape {X.shape} do not fit a standardizer of {self.n_features} features")
+        if X.ndim < 2 or X.shape[-1] != self.n_features:
+            raise ConfigError(
+                f"input of shape {X.shape} does not fit a standardizer of {self.n_features} features/channels (last axis)"
+            )
         dtype = np.dtype(dtype)
-        out = np.array(X, dtype=dtype, copy=True)  # (N, F)
+        out = np.array(X, dtype=dtype, copy=True)  # (N, F) or (..., C)
         out -= self.mean.astype(dtype)
         out /= self.scale.astype(dtype)
         return out

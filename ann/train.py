@@ -6,12 +6,18 @@ is a :class:`GradientSource`: :class:`InMemorySource` computes them from arrays 
 Either way a source returns, per step, the *sums* of the example losses and gradients and the
 number of examples, and :func:`fit` does the rest::
 
-    mean gradient = sum / n  (+ l2 * W for weight matrices: weight decay, not on biases)
+    mean gradient = sum / n  (+ l2 * W for weight matrices and conv kernels: weight decay, not on biases)
     optimizer.step(params, mean gradient)
 
 After every epoch the network scores the validation set. Training stops at the first of:
 the validation metric reaching ``target`` (the predetermined accuracy, say), ``patience`` epochs
-without improvement, or ``max_epochs``; the weights of the best epoch are then restored.
+without improvement, or ``max_epochs``; the weights of the best epoch are then restored. A
+training that diverges (a non-finite loss, or validation probabilities that are NaN) stops at
+once with a :class:`ConfigError` naming the step and the learning rate, rather than saving a
+model of NaNs.
+
+The network is an :class:`ann.network.MLP` over feature rows (N, F) or an
+:class:`ann.convnet.ConvNet` over pixel windows (N, H, W, C); the loop does not care which.
 """
 
 from __future__ import annotations
@@ -27,8 +33,10 @@ import numpy as np
 from ann import metrics
 from ann.errors import ConfigError
 from ann.functions import binary_cross_entropy
+from ann.augment import apply_d4, d4_codes
 from ann.network import MLP
 from ann.optim import SGD, Adam, tiled_base
+from ann.shards import AUGMENTATIONS, SAMPLINGS, balanced_rows
 
 __all__ = [
     "TrainConfig",
@@ -64,11 +72,13 @@ class TrainConfig:
     beta2: float = 0.999  # Adam: decay of the squared-gradient mean
     eps: float = 1e-8  # Adam: keeps the step finite where the gradient is ~0
     l2: float = 1e-4  # weight decay: adds l2 * W to each weight matrix's mean gradient
-    # The next three describe the data side; fit itself never reads them, the gradient source's
-    # builder does (InMemorySource.from_config, ann.parallel).
-    batch_size: int = 256  # examples per step
-    seed: int = 0  # shuffling seed
+    # The next five describe the data side; fit itself never reads them, the gradient source's
+    # builder does (InMemorySource.from_config, ShardPlan.from_config).
+    batch_size: int = 256  # the global mini-batch: examples per optimizer step, summed over all shards/workers
+    seed: int = 0  # shuffling seed (and the D4 choices, and the shard partition)
     class_weight: str | tuple[float, float] | None = None  # None, "balanced" or (w0, w1); see class_sample_weights
+    augment: str | None = None  # "d4": each pixel window under a seeded one of the 8 square symmetries; None: as is
+    sampling: str = "uniform"  # "balanced": each step half positives (rare targets oversampled); "uniform": shuffled
     max_epochs: int = 200  # hard stop
     patience: int = 10  # epochs without improvement of `metric` before stopping
     metric: str = "accuracy"  # validation metric watched for target, patience and best weights
@@ -96,6 +106,10 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise bad(name, "must be a positive integer")
+        if self.augment not in AUGMENTATIONS:
+            raise bad("augment", f"is unknown; choose one of {list(AUGMENTATIONS)}")
+        if self.sampling not in SAMPLINGS:
+            raise bad("sampling", f"is unknown; choose one of {list(SAMPLINGS)}")
         if self.metric not in VALIDATION_METRICS:
             raise bad("metric", f"is unknown; choose one of {sorted(VALIDATION_METRICS)}")
         if self.target is not None and not math.isfinite(self.target):
@@ -173,7 +187,10 @@ class GradientSource(Protocol):
 class InMemorySource:
     """Mini-batches of in-memory arrays, reshuffled each epoch by ``default_rng((seed, epoch))``.
 
-    X (N, F) and y (N,) (and sample_weight (N,)) are converted to the network's dtype once. Each
+    X (N, F) features or (N, H, W, C) windows, y (N,) (and sample_weight (N,)) are converted to
+    the network's dtype once. ``augment="d4"`` shows each window under the symmetry
+    :func:`ann.augment.d4_codes` picks for (seed, epoch, its index); ``sampling="balanced"``
+    draws half of each batch from the positives (:func:`ann.shards.balanced_rows`). Each
     step gathers its rows into preallocated batch arrays and calls the network's allocation-free
     ``loss_and_grad(..., reuse_buffers=True)``: the gradients it returns are the network's work
     buffers, valid until the next step (:func:`fit` consumes them before asking again).
@@ -188,8 +205,15 @@ class InMemorySource:
         batch_size: int = 256,
         seed: int = 0,
         sample_weight: np.ndarray | None = None,
+        augment: str | None = None,
+        sampling: str = "uniform",
     ) -> None:
         X = net._check_X(X)
+        if augment not in AUGMENTATIONS or sampling not in SAMPLINGS:
+            raise ConfigError(f"augment={augment!r} / sampling={sampling!r} unknown; choose from {AUGMENTATIONS} / {SAMPLINGS}")
+        if augment is not None and X.ndim != 4:
+            raise ConfigError(f"augment={augment!r} transforms pixel windows (N, H, W, C); these inputs are {X.shape}")
+        self.augment, self.sampling = augment, sampling
         y = np.asarray(y).reshape(-1)
         if y.shape[0] != X.shape[0] or X.shape[0] == 0:
             raise ConfigError(f"training set has {X.shape[0]} examples but {y.shape[0]} labels (need the same, > 0)")
@@ -206,7 +230,8 @@ class InMemorySource:
         self.seed = seed
         self._epoch: int | None = None
         self._order = np.arange(self.n_examples)
-        self._xb = np.empty((self.batch_size, X.shape[1]), net.dtype)  # (B, F)
+        self._xb = np.empty((self.batch_size, *X.shape[1:]), net.dtype)  # (B, F) or (B, H, W, C)
+        self._xa = np.empty_like(self._xb) if augment else None  # the batch under its symmetries
         self._yb = np.empty(self.batch_size, net.dtype)  # (B,)
         self._wb = None if self.w is None else np.empty(self.batch_size, net.dtype)
 
@@ -219,13 +244,14 @@ class InMemorySource:
         config: TrainConfig,
         sample_weight: np.ndarray | None = None,
     ) -> "InMemorySource":
-        """The source ``config`` describes: its batch_size, seed and class_weight (multiplied
-        into ``sample_weight`` when both are given)."""
+        """The source ``config`` describes: its batch_size, seed, augment, sampling and
+        class_weight (multiplied into ``sample_weight`` when both are given)."""
         w = class_sample_weights(y, config.class_weight, dtype=np.float64)
         if sample_weight is not None:
             sample_weight = np.asarray(sample_weight, dtype=np.float64).reshape(-1)
             w = sample_weight if w is None else w * sample_weight
-        return cls(net, X, y, batch_size=config.batch_size, seed=config.seed, sample_weight=w)
+        return cls(net, X, y, batch_size=config.batch_size, seed=config.seed, sample_weight=w,
+                   augment=config.augment, sampling=config.sampling)
 
     def steps_per_epoch(self) -> int:
         return -(-self.n_examples // self.batch_size)
@@ -235,14 +261,19 @@ class InMemorySource:
         for mine, given in zip(own, params):
             if mine is not given:  # someone else's copy of the weights: compute at those
                 np.copyto(mine, given)
-        if epoch != self._epoch:
-            self._order = np.random.default_rng((self.seed, epoch)).permutation(self.n_examples)
-            self._epoch = epoch
-        idx = self._order[step * self.batch_size : (step + 1) * self.batch_size]
+        if self.sampling == "balanced":
+            idx = balanced_rows(self.y, self.batch_size, self.seed, epoch, step)
+        else:
+            if epoch != self._epoch:
+                self._order = np.random.default_rng((self.seed, epoch)).permutation(self.n_examples)
+                self._epoch = epoch
+            idx = self._order[step * self.batch_size : (step + 1) * self.batch_size]
         B = idx.size
         # mode="clip": the indices are valid anyway, and the default mode="raise" copies
         # through an extra buffer when given out= (3x slower).
-        xb = np.take(self.X, idx, axis=0, out=self._xb[:B], mode="clip")  # (B, F)
+        xb = np.take(self.X, idx, axis=0, out=self._xb[:B], mode="clip")  # (B, F) or (B, H, W, C)
+        if self.augment == "d4":
+            xb = apply_d4(xb, d4_codes(self.seed, epoch, idx), out=self._xa[:B])
         yb = np.take(self.y, idx, out=self._yb[:B], mode="clip")  # (B,)
         wb = None if self._wb is None else np.take(self.w, idx, out=self._wb[:B], mode="clip")
         loss, grads = self.net.loss_and_grad(xb, yb, wb, reuse_buffers=True)
@@ -296,8 +327,14 @@ class History:
         return cls(d["metric"], list(d["epochs"]), d["best_epoch"], d["stop_reason"])
 
 
-def _validate(net: MLP, X_val: np.ndarray, y_val: np.ndarray, threshold: float) -> dict[str, float]:
+def _validate(net: MLP, X_val: np.ndarray, y_val: np.ndarray, threshold: float, epoch: int, config: TrainConfig) -> dict[str, float]:
     p = net.predict_proba(X_val)
+    if not np.isfinite(p).all():
+        raise ConfigError(
+            f"training diverged: {int(np.isnan(p).sum())} of {p.size} validation probabilities are NaN after "
+            f"epoch {epoch}; lower learning_rate (now {config.learning_rate:g}) and check the training inputs "
+            "for NaN or infinity"
+        )
     pred = p >= threshold
     return {
         "val_loss": binary_cross_entropy(y_val, p),
@@ -318,10 +355,14 @@ def fit(
     config: TrainConfig = TrainConfig(),
     callback: Callable[[dict[str, float]], None] | None = None,
 ) -> History:
-    """Train ``net`` in place on ``source``; validate on X_val (M, F), y_val (M,) after each epoch.
+    """Train ``net`` in place on ``source``; validate on X_val (M, F) or (M, H, W, C), y_val (M,)
+    after each epoch.
 
-    ``callback(record)`` is called after each epoch with that epoch's History record (progress
-    bars, logging). Returns the :class:`History`; ``net`` ends with the best epoch's weights.
+    ``callback(record)`` is called after each epoch with that epoch's History record: at least
+    ``epoch`` (0-based, of at most ``config.max_epochs``), ``steps`` (optimizer steps so far),
+    ``train_loss`` and ``val_<metric>`` for every validation metric — what a progress bar over
+    the epochs and training curves need. Returns the :class:`History`; ``net`` ends with the
+    best epoch's weights. Raises :class:`ConfigError` when training diverges (non-finite loss).
     """
     if not isinstance(config, TrainConfig):
         raise ConfigError(f"config must be a TrainConfig, got {type(config).__name__}")
@@ -335,9 +376,11 @@ def fit(
     key = "val_" + config.metric
     best_params = [p.copy() for p in params]
     best_score = -math.inf if higher_better else math.inf
-    decay = [(i, np.empty_like(p)) for i, p in enumerate(params) if p.ndim == 2 and config.l2 > 0]
+    # weight decay on weight matrices and kernels (ndim >= 2), never on biases
+    decay = [(i, np.empty_like(p)) for i, p in enumerate(params) if p.ndim >= 2 and config.l2 > 0]
     history = History(metric=config.metric)
     since_best = 0
+    steps_done = 0
 
     for epoch in range(config.max_epochs):
         t0 = time.perf_counter()
@@ -347,6 +390,11 @@ def fit(
             loss_sum, grads, n = source.batch_gradient(params, epoch, step)
             if n <= 0:
                 raise ConfigError(f"gradient source returned a step with {n} examples (epoch {epoch}, step {step})")
+            if not math.isfinite(loss_sum):
+                raise ConfigError(
+                    f"training diverged: the training loss is {loss_sum} at epoch {epoch}, step {step}; lower "
+                    f"learning_rate (now {config.learning_rate:g}) and check the training inputs for NaN or infinity"
+                )
             grads = [g if g.flags.writeable else g.copy() for g in grads]
             flat = tiled_base(grads)  # the network's gradients fill one buffer: one call
             for g in grads if flat is None else (flat,):
@@ -357,8 +405,9 @@ def fit(
             optimizer.step(params, grads)
             loss_total += loss_sum
             n_total += n
-        record: dict[str, float] = {"epoch": epoch, "train_loss": loss_total / n_total}
-        record.update(_validate(net, X_val, y_val, config.threshold))
+            steps_done += 1
+        record: dict[str, float] = {"epoch": epoch, "steps": steps_done, "train_loss": loss_total / n_total}
+        record.update(_validate(net, X_val, y_val, config.threshold, epoch, config))
         record["seconds"] = time.perf_counter() - t0
         history.epochs.append(record)
         if callback is not None:

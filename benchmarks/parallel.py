@@ -4,12 +4,14 @@ come to the machine's ceiling.
 Measured in one run, interleaved (other programs share the cores, so every figure is the
 median of several rounds, and each round measures its own ceiling next to its training):
 
-- comm share = 1 - compute time measured inside the gradient tasks / step time on the driver
-  (gradient exchange + optimizer step), at the default shard plan and over a sweep of examples
-  per shard per step; target <= 0.10 at the defaults. The step's compute time is its critical
-  path, the slowest task: the time during which no gradient is being computed. The table also
-  shows the idle share, which uses the mean task instead and so adds load imbalance (on this
-  shared machine, mostly other programs preempting one worker more than the other).
+- comm share = 1 - gradient compute measured inside the slowest task / step time on the
+  driver, at the default shard plan and over a sweep of examples per shard per step; target
+  <= 0.10 at the defaults. Compute is the gradient work only: each task's on-worker reduction
+  (adding the sums of the shards it holds) is timed apart and counted as exchange, with the
+  transfers, the driver's additions and the optimizer step.
+- idle share = 1 - *mean* task compute / step time: like the comm share, but the faster
+  worker's wait for the slower (load imbalance) counts as idle too. This is the parallel
+  efficiency figure; target <= 0.10.
 - throughput: training examples per second with 2 single-threaded workers, against the
   ceiling measured in the same round by two single-threaded processes running only the same
   network's matrix products side by side. Target >= 0.8.
@@ -18,7 +20,7 @@ median of several rounds, and each round measures its own ceiling next to its tr
   examples per shard per step it implies for N workers at a 10 % exchange share.
 
 Run: ``.venv/bin/python benchmarks/parallel.py [--rounds 3]``. Last line: JSON
-``{"comm_share": x, "throughput_vs_ceiling": r}``.
+``{"comm_share": x, "idle_share": x, "throughput_vs_ceiling": r}``.
 """
 
 from __future__ import annotations
@@ -139,8 +141,9 @@ def train_steps(client, paths, n_examples: int, shard_batch: int, micro_batch: i
             loop.append(time.perf_counter() - t0)
             examples += n
         timing = source.timing
-        slowest = sum(max(t) for t in timing.task_seconds)  # the step's critical path of computation
+        slowest = sum(max(t) for t in timing.task_seconds)  # the step's critical path of gradient compute
         mean = sum(statistics.mean(t) for t in timing.task_seconds)
+        reduction = sum(max(r) for r in timing.reduce_seconds)  # on-worker additions: exchange, not compute
         arrays_moved = statistics.mean(timing.n_groups) + statistics.mean(timing.n_nodes)
         wall = sum(loop)
     weights_mb = sum(p.nbytes for p in net.params) / 1e6
@@ -153,6 +156,7 @@ def train_steps(client, paths, n_examples: int, shard_batch: int, micro_batch: i
         "slowest_ms": 1e3 * slowest / n_steps,
         "mean_ms": 1e3 * mean / n_steps,
         "exchange_ms": 1e3 * (wall - slowest) / n_steps,
+        "reduce_ms": 1e3 * reduction / n_steps,
         "comm_share": 1 - slowest / wall,
         "idle_share": 1 - mean / wall,
         "examples_per_s": examples / wall,
@@ -195,11 +199,15 @@ def main() -> None:
     default_shard_batch, micro = -(-defaults.batch_size // defaults.n_shards), defaults.micro_batch
     n_examples = 8 * max(max(SWEEP), default_shard_batch)
     rows: dict[str, list[dict]] = {}
-    ratios, shares, ceilings = [], [], []
+    ratios, shares, idles, ceilings = [], [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         paths = make_data(Path(tmp), n_examples)
         with dask_client(n_workers=2, threads_per_worker=1) as client:
             load_before = os.getloadavg()[0]
+            from threadpoolctl import threadpool_info
+
+            print(f"BLAS: {[(i.get('internal_api'), i.get('architecture')) for i in threadpool_info() if i.get('user_api') == 'blas']}; "
+                  f"load average {load_before:.2f}", flush=True)
             for r in range(args.rounds):
                 # ceiling | training | ceiling | training | ceiling: each training run is compared
                 # with the ceilings measured just before and just after it (the load varies)
@@ -211,6 +219,7 @@ def main() -> None:
                     ceilings.append(ceil_rate)
                     ratios.append(run["examples_per_s"] / ceil_rate)
                     shares.append(run["comm_share"])
+                    idles.append(run["idle_share"])
                     rows.setdefault("default", []).append(run)
                     print(f"round {r + 1}/{args.rounds}: comm share {shares[-1]:.3f} "
                           f"(idle share {run['idle_share']:.3f}), "
@@ -231,15 +240,16 @@ def main() -> None:
           f"{default_shard_batch} examples per shard per step, micro-batch {micro}; network {N_FEATURES}-"
           f"{'-'.join(map(str, HIDDEN))}-1 float32; 2 workers x 1 thread; medians of {args.rounds} rounds; "
           f"load average {load_before:.1f} before, {load_after:.1f} after (other programs share the 2 cores)")
-    print("slowest/mean task: compute measured inside the step's tasks; exchange = step - slowest task;\n"
-          "comm share = 1 - slowest task / step (time no gradient is being computed); idle share =\n"
-          "1 - mean task / step (adds the faster worker's wait for the slower, i.e. load imbalance)")
-    print(f"{'run':<18}{'MB moved':>9}{'step ms':>9}{'slowest':>9}{'mean':>8}{'exchange':>9}"
+    print("slowest/mean task: gradient compute measured inside the step's tasks (their on-worker reduction\n"
+          "excluded: 'reduce' column); exchange = step - slowest task (transfers, reduction, driver additions,\n"
+          "optimizer); comm share = 1 - slowest task / step; idle share = 1 - mean task / step (adds the\n"
+          "faster worker's wait for the slower, i.e. load imbalance)")
+    print(f"{'run':<18}{'MB moved':>9}{'step ms':>9}{'slowest':>9}{'mean':>8}{'reduce':>8}{'exchange':>9}"
           f"{'comm share':>11}{'idle share':>11}{'examples/s':>11}")
     for name, runs in rows.items():
         print(f"{name:<18}{med(runs, 'mb_moved'):>9.2f}{med(runs, 'step_ms'):>9.1f}{med(runs, 'slowest_ms'):>9.1f}"
-              f"{med(runs, 'mean_ms'):>8.1f}{med(runs, 'exchange_ms'):>9.1f}{med(runs, 'comm_share'):>11.3f}"
-              f"{med(runs, 'idle_share'):>11.3f}{med(runs, 'examples_per_s'):>11.0f}")
+              f"{med(runs, 'mean_ms'):>8.1f}{med(runs, 'reduce_ms'):>8.2f}{med(runs, 'exchange_ms'):>9.1f}"
+              f"{med(runs, 'comm_share'):>11.3f}{med(runs, 'idle_share'):>11.3f}{med(runs, 'examples_per_s'):>11.0f}")
     print(f"ceiling (2 matmul-only processes, batch {micro}): {statistics.median(ceilings):.0f} examples/s")
 
     width_runs = [run for name, runs in rows.items() if name.startswith("width") for run in runs]
@@ -253,6 +263,7 @@ def main() -> None:
         shards, sb = implied_shard_batch(a, b, weights_mb, spe, n)
         print(f"{n:>8}{shards:>8}{sb:>21}{sb * shards:>14}")
     print(json.dumps({"comm_share": round(statistics.median(shares), 4),
+                      "idle_share": round(statistics.median(idles), 4),
                       "throughput_vs_ceiling": round(statistics.median(ratios), 4)}))
 
 

@@ -144,11 +144,9 @@ def test_reused_buffers_give_the_same_numbers_as_fresh_ones():
 
 
 # ------------------------------------------------------------------------------------ PyTorch
-torch = pytest.importorskip("torch")
-
-
 @pytest.mark.parametrize("activation", ["relu", "tanh", "sigmoid"])
 def test_forward_and_backward_equal_pytorch_on_the_same_weights(activation):
+    torch = pytest.importorskip("torch")
     rng = np.random.default_rng(7)
     net = MLP(12, (10, 6), activation, dtype=np.float64, seed=8)
     X = rng.normal(size=(30, 12))

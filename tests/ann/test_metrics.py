@@ -8,7 +8,10 @@ import pytest
 from ann import metrics
 from ann.errors import ConfigError
 
-sk = pytest.importorskip("sklearn.metrics")
+
+@pytest.fixture(scope="module")
+def sk():
+    return pytest.importorskip("sklearn.metrics")
 
 
 @pytest.fixture(params=[0, 1, 2])
@@ -22,7 +25,7 @@ def scored(request):
     return y, p
 
 
-def test_decision_metrics_equal_sklearn(scored):
+def test_decision_metrics_equal_sklearn(scored, sk):
     y, p = scored
     pred = p >= 0.5
     assert metrics.accuracy(y, pred) == pytest.approx(sk.accuracy_score(y, pred))
@@ -32,7 +35,7 @@ def test_decision_metrics_equal_sklearn(scored):
     np.testing.assert_array_equal(metrics.confusion_matrix(y, pred), sk.confusion_matrix(y, pred))
 
 
-def test_ranking_metrics_equal_sklearn(scored):
+def test_ranking_metrics_equal_sklearn(scored, sk):
     y, p = scored
     assert metrics.roc_auc(y, p) == pytest.approx(sk.roc_auc_score(y, p), rel=1e-12)
     assert metrics.average_precision(y, p) == pytest.approx(sk.average_precision_score(y, p), rel=1e-12)
@@ -71,7 +74,7 @@ def test_calibration_bins_and_ece_by_hand():
 
 @pytest.mark.parametrize("seed", [0, 1])
 def test_calibration_curve_equals_sklearn(seed):
-    from sklearn.calibration import calibration_curve
+    calibration_curve = pytest.importorskip("sklearn.calibration").calibration_curve
 
     # Continuous scores: none falls on an inner bin edge, where the conventions differ
     # (ours [a, b), sklearn's (a, b]).
@@ -85,7 +88,7 @@ def test_calibration_curve_equals_sklearn(seed):
     np.testing.assert_allclose(np.array(cal["mean_predicted"])[keep].astype(float), mean)
 
 
-def test_thresholds_for_target_precision_and_recall(scored):
+def test_thresholds_for_target_precision_and_recall(scored, sk):
     y, p = scored
     prec, rec, thr = sk.precision_recall_curve(y, p)
     for target in (0.6, 0.8):
@@ -104,7 +107,7 @@ def test_unreachable_precision_is_an_error_not_a_silent_fallback():
         metrics.threshold_for_precision([1, 0, 1, 0], [0.9, 0.9, 0.1, 0.1], 0.99)
 
 
-def test_binary_report_collects_everything(scored):
+def test_binary_report_collects_everything(scored, sk):
     y, p = scored
     report = metrics.binary_report(y, p, threshold=0.4)
     pred = p >= 0.4
@@ -112,3 +115,10 @@ def test_binary_report_collects_everything(scored):
     assert report["log_loss"] == pytest.approx(sk.log_loss(y, np.clip(p, 1e-15, 1 - 1e-15)), rel=1e-2)
     assert report["confusion"] == dict(zip(["tn", "fp", "fn", "tp"], sk.confusion_matrix(y, pred).ravel().tolist()))
     assert report["n"] == 500 and report["n_positive"] == int(y.sum()) and report["threshold"] == 0.4
+
+
+def test_calibration_of_nan_or_logits_names_the_cause_and_the_fix():
+    with pytest.raises(ConfigError, match=r"2 NaN of 3.*diverged.*lower learning_rate"):
+        metrics.calibration([0, 1, 1], [0.2, np.nan, np.nan])
+    with pytest.raises(ConfigError, match=r"ranges over \[-3, 2\].*not logits"):
+        metrics.calibration([0, 1], [-3.0, 2.0])

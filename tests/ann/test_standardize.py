@@ -38,7 +38,7 @@ def test_dict_round_trip_is_exact():
 def test_bad_input_is_refused():
     with pytest.raises(AnnError, match="NaN or infinity in columns \\[1\\]"):
         Standardizer.fit(np.array([[1.0, np.nan], [2.0, 3.0]]))
-    with pytest.raises(ConfigError, match="do not fit a standardizer of 2 features"):
+    with pytest.raises(ConfigError, match="does not fit a standardizer of 2 features"):
         Standardizer.fit(np.ones((3, 2))).transform(np.ones((3, 5)))
     with pytest.raises(ConfigError, match="keys 'mean' and 'scale'"):
         Standardizer.from_dict({"mean": [0.0]})

@@ -199,3 +199,72 @@ def test_train_config_rejects_unknown_and_bad_settings():
     for bad in (dict(optimizer="rmsprop"), dict(metric="auc"), dict(batch_size=0), dict(l2=-1), dict(class_weight="auto")):
         with pytest.raises(ConfigError):
             TrainConfig(**bad)
+
+
+# ------------------------------------------------------------------- divergence, progress, pixels
+def test_a_diverging_training_stops_with_an_error_naming_the_learning_rate():
+    X, y = separable(200, 4, seed=18)
+    net = MLP(4, (8,), seed=0)
+    config = TrainConfig(optimizer="sgd", momentum=0.0, learning_rate=1e30, max_epochs=5)
+    with pytest.raises(ConfigError, match=r"training diverged: .* lower learning_rate \(now 1e\+30\)"), np.errstate(all="ignore"):
+        fit(net, InMemorySource(net, X, y, batch_size=50), X, y, config)
+
+
+def test_callback_gets_epoch_steps_train_loss_and_validation_metrics():
+    X, y = separable(200, 4, seed=19)
+    net = MLP(4, (3,), seed=0)
+    records = []
+    fit(net, InMemorySource(net, X, y, batch_size=64), X, y, TrainConfig(max_epochs=3, metric="f1"), callback=records.append)
+    assert [r["epoch"] for r in records] == [0, 1, 2]
+    assert [r["steps"] for r in records] == [4, 8, 12]  # ceil(200 / 64) steps per epoch
+    assert all({"train_loss", "val_f1", "val_loss"} <= r.keys() for r in records)
+
+
+def test_balanced_rows_take_half_positives_and_visit_negatives_in_turn():
+    from ann.shards import balanced_rows
+
+    labels = np.zeros(100, np.int8)
+    labels[[3, 50, 77]] = 1
+    steps = [balanced_rows(labels, 10, seed=1, epoch=0, step=t) for t in range(20)]
+    assert all(len(r) == 10 and labels[r].sum() == 5 for r in steps)
+    negatives = np.concatenate([r[labels[r] == 0] for r in steps])
+    np.testing.assert_array_equal(np.sort(negatives[:97]), np.flatnonzero(labels == 0))  # each once per cycle
+    np.testing.assert_array_equal(balanced_rows(labels, 10, 1, 0, 5), steps[5])  # a pure function
+    assert not np.array_equal(balanced_rows(labels, 10, 1, 1, 5), steps[5])
+    assert labels[balanced_rows(np.zeros(9), 4, 0, 0, 0)].sum() == 0  # one class: drawn from it alone
+
+
+def test_in_memory_source_augments_windows_by_their_index_and_samples_balanced():
+    from ann.augment import apply_d4, d4_codes
+    from ann.convnet import ConvNet
+
+    rng = np.random.default_rng(20)
+    X = rng.normal(size=(30, 12, 12, 2)).astype(np.float32)
+    y = (np.arange(30) < 6).astype(np.int8)
+    layers = [{"type": "conv", "filters": 3, "kernel": 3}, {"type": "global_max"}, {"type": "dense", "units": 1}]
+    net = ConvNet((12, 12, 2), layers, seed=1)
+    config = TrainConfig(batch_size=8, seed=4, augment="d4", sampling="balanced")
+    source = InMemorySource.from_config(net, X, y, config)
+    loss, grads, n = source.batch_gradient(net.params, epoch=2, step=1)
+    from ann.shards import balanced_rows
+
+    rows = balanced_rows(y, 8, 4, 2, 1)
+    assert n == 8 and y[rows].sum() == 4
+    ref_loss, ref = net.loss_and_grad(apply_d4(X[rows], d4_codes(4, 2, rows)), y[rows])
+    assert loss == pytest.approx(ref_loss, rel=1e-6)
+    for g, r in zip(grads, ref):
+        np.testing.assert_allclose(g, r, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="pixel windows"):
+        InMemorySource(MLP(3, ()), np.zeros((4, 3)), np.zeros(4), augment="d4")
+
+
+def test_new_settings_are_validated_and_reach_the_shard_plan():
+    from ann.shards import ShardPlan
+
+    for bad in (dict(augment="rot90"), dict(sampling="stratified")):
+        with pytest.raises(ConfigError):
+            TrainConfig(**bad)
+    config = TrainConfig(batch_size=64, seed=3, augment="d4", sampling="balanced")
+    plan = ShardPlan.from_config(1000, config, micro_batch=32)
+    assert (plan.batch_size, plan.seed, plan.augment, plan.sampling, plan.micro_batch) == (64, 3, "d4", "balanced", 32)
+    assert plan.to_dict()["augment"] == "d4"
