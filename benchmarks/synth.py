@@ -18,7 +18,7 @@ process, so peak resident memory is that run's alone:
 
 The machine is shared, so throughput is noisy; memory is not. The last line printed is JSON.
 
-Run: .venv/bin/python benchmarks/synth.py [--small 1024] [--large 4096]
+Run: .venv/bin/python benchmarks/synth.py [--small 1024] [--large 4096] [--pixel-size 1] [--layout natural]
 """
 
 from __future__ import annotations
@@ -34,24 +34,24 @@ from pathlib import Path
 DATES = ["2023-06-01", "2024-06-01"]
 
 
-def child(size: int, workers: int, out: str) -> None:
+def child(size: int, workers: int, out: str, pixel_size: float, layout: str) -> None:
     """Runs in the measured process: generate, then report time and own peak RSS as JSON."""
     import resource
 
     from pipeline.synthetic import generate_area
 
     started = time.perf_counter()
-    generate_area(out, "bench", DATES, size, 7, workers=workers, progress=False)
+    generate_area(out, "bench", DATES, size, 7, pixel_size=pixel_size, workers=workers, progress=False, layout=layout)
     seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "self_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def measure(size: int, workers: int) -> dict:
+def measure(size: int, workers: int, pixel_size: float, layout: str) -> dict:
     """Run `child` in a fresh interpreter; sample the RSS of its whole process tree meanwhile."""
     import psutil
 
     with tempfile.TemporaryDirectory(prefix="synth-bench-") as tmp:
-        cmd = [sys.executable, __file__, "--child", str(size), str(workers), str(Path(tmp) / "out")]
+        cmd = [sys.executable, __file__, "--child", str(size), str(workers), str(Path(tmp) / "out"), str(pixel_size), layout]
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
         peaks: dict[int, int] = {}
         root = psutil.Process(proc.pid)
@@ -73,11 +73,11 @@ def measure(size: int, workers: int) -> dict:
     return result
 
 
-def render_only(size: int) -> float:
+def render_only(size: int, pixel_size: float, layout: str) -> float:
     """Baseline: Mpix/s of render_block alone over every block of both dates, this process."""
     from pipeline.synthetic import build_scene, morton_blocks, render_block
 
-    scene = build_scene("bench", DATES, size, 7)
+    scene = build_scene("bench", DATES, size, 7, pixel_size, layout)
     started = time.perf_counter()
     for k in range(len(DATES)):
         for r0, c0, h, w in morton_blocks(size, 1024):
@@ -89,10 +89,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--small", type=int, default=1024, help="edge of the small survey, px (default 1024)")
     parser.add_argument("--large", type=int, default=4096, help="edge of the large survey, px (default 4096: 16 x the area)")
-    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--pixel-size", type=float, default=1.0, help="pixel size in metres (default 1)")
+    parser.add_argument("--layout", default="natural", help="natural (default) or balanced")
+    parser.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(int(args.child[0]), int(args.child[1]), args.child[2])
+        child(int(args.child[0]), int(args.child[1]), args.child[2], float(args.child[3]), args.child[4])
         return
     if (args.large / args.small) ** 2 < 16:
         raise SystemExit("--large must cover at least 16 x the area of --small")
@@ -102,9 +104,9 @@ def main() -> None:
     rows = []
     for size in (args.small, args.large):
         for workers in (1, cores):
-            r = measure(size, workers)
+            r = measure(size, workers, args.pixel_size, args.layout)
             rows.append((size, workers, r))
-    baseline = render_only(args.small)
+    baseline = render_only(args.small, args.pixel_size, args.layout)
 
     print(
         f"{'size':>7} {'workers':>7} {'seconds':>8} {'Mpix/s':>8} {'writer maxrss MiB':>18} "

@@ -12,11 +12,17 @@ The same --seed and --size always give the same bytes, whatever --block or --wor
 does not grow with --size. Between dates dams are built and breached, crops rotate, the season,
 sun and exposure change, and later dates are misregistered by a few metres.
 
+--layout balanced makes an evaluation area: as many side-channel and lake-outlet dams as
+main-stream ones, many look-alikes of each kind, more small lakes and side channels; at
+--pixel-size 2, --size 3072 (6 km) holds at least 40 standing dams of each context and 20
+look-alikes of each kind on each date. The manifest (synth.json) counts them per date.
+
 Defaults: --area creek --dates 2023-06-01 2024-06-01 --size 4096 (4 km at 1 m, ~40 dams,
-about 15 s) --seed 7 --pixel-size 1 --block 1024, workers = one per core.
+about 15 s) --seed 7 --pixel-size 1 --block 1024 --layout natural, workers = one per core.
 
   damwatch synth --out synth-data
   damwatch synth --area creek --dates 2023-06-01 2024-06-01 --size 8192 --seed 7 --out DIR
+  damwatch synth --area heldout --layout balanced --pixel-size 2 --size 3072 --seed 11 --out DIR
   damwatch ingest DIR/creek-2023-06-01.tif --area creek --date 2023-06-01
 """
 
@@ -48,6 +54,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=None, metavar="N", help="worker processes (default: one per core)")
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier synth output in --out")
+    parser.add_argument(
+        "--layout",
+        default="natural",
+        metavar="NAME",
+        help="natural (default: dams where they fall, mostly on main channels) or balanced (as many dams "
+        "in each context, many look-alikes: for evaluation)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -64,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         block=args.block,
         workers=args.workers,
         overwrite=args.overwrite,
+        layout=args.layout,
     )
     scene = result.scene
     statuses = {s: sum(d.status == s for d in scene.dams) for s in ("new", "persisting", "gone")}

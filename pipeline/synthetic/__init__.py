@@ -22,19 +22,21 @@ with the pure pixel maths apart from the file writing):
 
 - ``geometry``  plane geometry for drawing a scene: meandering paths, tangents, a point index
 - ``objects``   the scene's objects as frozen values: streams, lakes, dams, look-alikes, dates
-- ``scene``     building a scene from a seed, one function per kind of object
+- ``layout``    how many objects of each kind a scene holds: ``natural`` or ``balanced``
+- ``scene``     building a scene from a seed and a layout, one function per kind of object
 - ``noise``     hashed noise: white, value and cellular noise of global coordinates only
 - ``palette``   colours of each surface by season, and reflectance to digital numbers
 - ``raster``    rasterizing shapes on a block's pixel grid: coverage, distance fields, blending
 - ``draw``      drawing each kind of object onto a block: lakes, dams, look-alikes, buildings
 - ``render``    a block's pixels in layers: land cover, water, objects, roads, the sensor
 - ``morton``    the canonical write order: Morton (Z) order of the file's 512-px tiles
-- ``truth``     the ground truth as RFC 7946 GeoJSON
+- ``truth``     the ground truth and the dams' shapes as RFC 7946 GeoJSON, counts per date
 - ``generate``  writing an area: GeoTIFFs, truth, quicklooks and manifest, atomically
 """
 
 from pipeline.synthetic.generate import BAND_NAMES, SynthResult, generate_area
 from pipeline.synthetic.geometry import STEP_M
+from pipeline.synthetic.layout import LAYOUTS, Layout
 from pipeline.synthetic.morton import TILE, morton_blocks
 from pipeline.synthetic.objects import (
     Building,
@@ -48,7 +50,7 @@ from pipeline.synthetic.objects import (
 )
 from pipeline.synthetic.render import render_block
 from pipeline.synthetic.scene import MIN_SIZE, build_scene
-from pipeline.synthetic.truth import truth_geojson
+from pipeline.synthetic.truth import shapes_geojson, standing_counts, truth_geojson
 
 __all__ = [
     "BAND_NAMES",
@@ -69,4 +71,8 @@ __all__ = [
     "generate_area",
     "truth_geojson",
     "morton_blocks",
+    "Layout",
+    "LAYOUTS",
+    "shapes_geojson",
+    "standing_counts",
 ]

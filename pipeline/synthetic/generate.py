@@ -4,9 +4,10 @@
 ``workers > 1``) and writes them in the canonical Morton order (:mod:`pipeline.synthetic.morton`),
 so the files are byte-identical whatever the block size or worker count. Each survey is what a
 provider delivers: red, green, blue (and near-infrared) uint8, WGS 84 / UTM 18N, 512-px tiles,
-deflate. Beside them: the truth GeoJSON (:mod:`pipeline.synthetic.truth`), a PNG quicklook per
-date with the truth drawn where the date's geotransform puts it, and ``synth.json`` (the
-manifest: settings, counts, and per date its transform, footprint shift and misregistration).
+deflate. Beside them: the truth GeoJSON and the dams' shapes (:mod:`pipeline.synthetic.truth`),
+a PNG quicklook per date with the truth drawn where the date's geotransform puts it, and
+``synth.json`` (the manifest: settings, the layout, what stands on each date per dam context
+and look-alike kind, and per date its transform, footprint shift and misregistration).
 
 Everything is written into a staging directory beside ``out_dir`` and renamed into place at
 the end (:func:`pipeline.files.staged_directory`), so a failed run leaves nothing; an existing
@@ -42,11 +43,12 @@ from pipeline import __version__
 from pipeline.errors import InputError
 from pipeline.files import staged_directory, write_json
 from pipeline.progress import progress_bar
+from pipeline.synthetic.layout import get_layout
 from pipeline.synthetic.morton import TILE, check_block, morton_blocks, tile_order
 from pipeline.synthetic.objects import Scene
 from pipeline.synthetic.render import render_block
 from pipeline.synthetic.scene import build_scene, check_scene_args, parse_dates
-from pipeline.synthetic.truth import truth_geojson
+from pipeline.synthetic.truth import shapes_geojson, standing_counts, truth_geojson
 
 __all__ = ["BAND_NAMES", "SynthResult", "generate_area"]
 
@@ -63,6 +65,7 @@ class SynthResult:
     area: str
     surveys: dict[str, Path]
     truth: Path
+    shapes: Path
     quicklooks: dict[str, Path]
     manifest: Path
     scene: Scene = field(repr=False)
@@ -85,12 +88,14 @@ def generate_area(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool | None = None,
+    layout: str = "natural",
 ) -> SynthResult:
     """Write a synthetic area: one GeoTIFF per date, the truth GeoJSON, quicklooks, a manifest.
 
     ``size`` is the raster edge in pixels of ``pixel_size`` metres; ``block`` (512 * 2**k px)
     is the unit of work, rendered in ``workers`` processes (default: one per core; 1 renders in
-    this process). Output bytes depend only on (area, dates, size, seed, pixel_size, nir).
+    this process). ``layout`` is ``"natural"`` or ``"balanced"`` (:mod:`pipeline.synthetic.layout`).
+    Output bytes depend only on (area, dates, size, seed, pixel_size, nir, layout).
     Memory is bounded by about 2 * workers blocks whatever the size. Everything is written to a
     temporary directory beside ``out_dir`` and renamed into place at the end, so a failed run
     leaves nothing. Raises :class:`InputError` for unusable arguments before writing anything.
@@ -100,11 +105,12 @@ def generate_area(
     check_scene_args(area, size, seed, pixel_size)
     parsed = parse_dates(dates)
     check_block(block)
+    get_layout(layout)
     if workers is not None and (not isinstance(workers, (int, np.integer)) or workers < 1):
         raise InputError(f"--workers {workers!r} must be a whole number of at least 1")
     _check_out_dir(out_dir, overwrite)
 
-    scene = build_scene(area, parsed, size, seed, pixel_size)
+    scene = build_scene(area, parsed, size, seed, pixel_size, layout)
     n_bands = 4 if nir else 3
     blocks = morton_blocks(size, block)
     n_workers = min(workers or os.cpu_count() or 1, len(blocks) * len(parsed))
@@ -124,11 +130,12 @@ def generate_area(
             _write_quicklook(tmp / f"{name}-quicklook.png", small, scene, k, factor)
             surveys[date.isoformat()] = out_dir / f"{name}.tif"
             quicklooks[date.isoformat()] = out_dir / f"{name}-quicklook.png"
-        truth = f"{area}-truth.geojson"
+        truth, shapes = f"{area}-truth.geojson", f"{area}-shapes.geojson"
         write_json(tmp / truth, truth_geojson(scene), indent=1)
-        write_json(tmp / MANIFEST, _manifest(scene, n_bands, surveys, truth, quicklooks))
+        write_json(tmp / shapes, shapes_geojson(scene), indent=1)
+        write_json(tmp / MANIFEST, _manifest(scene, get_layout(layout).name, n_bands, surveys, truth, shapes, quicklooks))
     return SynthResult(
-        out_dir=out_dir, area=area, surveys=surveys, truth=out_dir / truth, quicklooks=quicklooks,
+        out_dir=out_dir, area=area, surveys=surveys, truth=out_dir / truth, shapes=out_dir / shapes, quicklooks=quicklooks,
         manifest=out_dir / MANIFEST, scene=scene, seconds=time.perf_counter() - started,
     )  # fmt: skip
 
@@ -233,8 +240,10 @@ def _write_survey(path: Path, scene: Scene, k: int, n_bands: int, rendered, fact
     return small
 
 
-def _manifest(scene: Scene, n_bands: int, surveys: dict[str, Path], truth: str, quicklooks: dict[str, Path]) -> dict:
-    """The manifest: what was generated with which settings, and each date's geometry."""
+def _manifest(
+    scene: Scene, layout: str, n_bands: int, surveys: dict[str, Path], truth: str, shapes: str, quicklooks: dict[str, Path]
+) -> dict:
+    """The manifest: what was generated with which settings, what stands when, each date's geometry."""
     return {
         "generator": "damwatch synth",
         "version": __version__,
@@ -242,15 +251,18 @@ def _manifest(scene: Scene, n_bands: int, surveys: dict[str, Path], truth: str, 
         "seed": scene.seed,
         "size": scene.size,
         "pixel_size_m": scene.pixel_size,
+        "layout": layout,
         "crs": f"EPSG:{scene.epsg}",
         "bands": list(BAND_NAMES[:n_bands]),
         "truth": truth,
+        "shapes": shapes,
         "counts": {
             "dams": len(scene.dams),
             "hard_negatives": len(scene.negatives),
             "streams": len(scene.streams),
             "lakes": len(scene.lakes),
             "buildings": len(scene.buildings),
+            "standing_by_date": standing_counts(scene),  # dams per context, look-alikes per kind
         },
         "surveys": [
             {

@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-__all__ = ["STEP_M", "PointIndex", "meander", "smooth_series", "tangents", "tangent"]
+__all__ = ["STEP_M", "PointIndex", "meander", "respace", "smooth_series", "tangents", "tangent"]
 
 STEP_M = 4.0  # vertex spacing of streams and roads (m)
 
@@ -85,6 +85,13 @@ def meander(
         pts.append(p.copy())
         s += STEP_M
     return np.asarray(pts)
+
+
+def respace(pts: np.ndarray, step: float) -> np.ndarray:
+    """The path (n, 2) re-sampled every ``step`` m along its length, keeping both ends (m, 2)."""
+    along = np.concatenate([[0.0], np.cumsum(np.hypot(*np.diff(pts, axis=0).T))])
+    at = np.linspace(0.0, along[-1], max(2, round(along[-1] / step) + 1))
+    return np.stack([np.interp(at, along, pts[:, 0]), np.interp(at, along, pts[:, 1])], axis=1)
 
 
 def smooth_series(rng: np.random.Generator, n: int, period: int, amount: float) -> np.ndarray:

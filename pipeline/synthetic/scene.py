@@ -1,4 +1,4 @@
-"""Building a scene: the vector landscape of a synthetic area, drawn from a seed.
+"""Building a scene: the vector landscape of a synthetic area, drawn from a seed and a layout.
 
 A *scene* (:class:`~pipeline.synthetic.objects.Scene`) is every object of the area as vector
 geometry, and per date how the light, season and footprint look. :func:`build_scene` draws it
@@ -6,9 +6,9 @@ once per area, cheaply (about 25 s and 50 MB for a 40 km square with ~4000 dams)
 object after another, each keeping its distance from what is already placed:
 
 1. main streams cross the area west to east, one per ~3 km of height; tributaries run from
-   sources anywhere to a junction on the nearest main stream; side channels (anabranches)
-   leave a channel and rejoin it downstream;
-2. lakes sit on tributaries, which flow through them and leave at an outlet;
+   sources anywhere to a junction on the nearest main stream (or, branching, the nearest
+   channel); side channels (anabranches) leave a channel and rejoin it downstream;
+2. lakes sit on tributaries, which flow through them (or start in them) and leave at an outlet;
 3. roads cross the area; where one passes over a channel is a *road crossing*;
 4. farm tracks cross small channels on *culverts*;
 5. dams: one below most lake outlets, then on side channels and main channels (tributaries
@@ -17,9 +17,11 @@ object after another, each keeping its distance from what is already placed:
    ponds (both ``pond_without_dam``);
 7. farm buildings in clusters beside the roads; the field grid; each date's conditions.
 
-Scale and density: about 2.4 dams and 2 hard negatives per km^2 (at least 3 dams and 4
+How many of each, and how far apart, is the *layout* (:mod:`pipeline.synthetic.layout`). The
+default, ``natural``: about 2.4 dams and 2 hard negatives per km^2 (at least 3 dams and 4
 negatives), so a dam with its pond spans tens of pixels of a 128-px tile at 1 m, and dams sit
-at least 140 m apart (at most one per tile, mostly).
+at least 140 m apart (at most one per tile, mostly). ``balanced`` has as many dams in each
+context, more look-alikes, and 100 m between dams.
 
 Dates differ as real surveys do: dams are built (``new``: absent on the first date), breached
 (``gone``: the pond drains to a muddy meadow and a broken barrier) or ``persisting``; fields
@@ -28,7 +30,7 @@ change; and each later date is shifted by a few pixels (footprint) and *misregis
 metres: its content sits that far from where its geotransform says it is.
 
 The draws come from one random generator seeded with (seed, CRC-32 of the area name), in a
-fixed order, so a scene depends on (area, dates, size, seed, pixel_size) only.
+fixed order, so a scene depends on (area, dates, size, seed, pixel_size, layout) only.
 """
 
 from __future__ import annotations
@@ -48,10 +50,12 @@ from pipeline.synthetic.geometry import (
     STEP_M,
     PointIndex,
     meander,
+    respace,
     smooth_series,
     tangent,
     tangents,
 )
+from pipeline.synthetic.layout import DAM_CONTEXTS, Layout, get_layout
 from pipeline.synthetic.objects import (
     Building,
     Dam,
@@ -139,33 +143,47 @@ def build_scene(
     size: int,
     seed: int,
     pixel_size: float = 1.0,
+    layout: str | Layout = "natural",
 ) -> Scene:
     """Draw the vector scene of ``area`` (``size`` x ``size`` px of ``pixel_size`` m) from ``seed``.
 
+    ``layout`` (:mod:`pipeline.synthetic.layout`) sets how many objects of each kind there are.
     Cost grows with the number of objects (about area in km^2 x 20), not with pixels. Raises
     :class:`InputError` for unusable arguments.
     """
     check_scene_args(area, size, seed, pixel_size)
     dates = parse_dates(dates)
+    layout = get_layout(layout)
     rng = np.random.default_rng([int(seed), zlib.crc32(area.encode())])
     S = size * pixel_size
     km2 = S * S / 1e6
     seeds = {name: int(rng.integers(0, 2**31)) for name in ("zone", "canopy", "field", "shore", "texture", "rip")}
 
+    L = layout
+    clearance = L.channel_clearance_m
     channels = _main_streams(rng, S)
-    channels += _tributaries(rng, channels, S, n=max(2, round(km2 * 0.55)))
-    _add_side_channels(rng, channels, S, n=max(1, round(km2 * 0.3)))
+    channels += _tributaries(rng, channels, S, max(2, round(km2 * L.tributaries_per_km2)), clearance, L.branching)
+    n_side, n_lakes = max(1, round(km2 * L.side_channels_per_km2)), max(1, round(km2 * L.lakes_per_km2))
+    if L.lakes_before_side_channels:
+        lakes, outlets = _lakes(rng, _Network(channels), S, seeds["shore"], n_lakes, L)
+        _add_side_channels(rng, channels, S, n_side, L, lakes, seeds["shore"])
+    else:
+        _add_side_channels(rng, channels, S, n_side, L)
+        lakes, outlets = _lakes(rng, _Network(channels), S, seeds["shore"], n_lakes, L)
     network = _Network(channels)
-    lakes, outlets = _lakes(rng, network, S, seeds["shore"], n=max(1, round(km2 * 0.15)))
-    roads = _roads(rng, S)
-    place = _Placement(rng, network, lakes, roads, S, seeds["shore"])
+    roads = _roads(rng, S, L.road_spacing_m)
+    place = _Placement(rng, network, lakes, roads, S, seeds["shore"], L)
 
     negatives = _road_crossings(place, roads)
-    tracks, culverts = _tracks(rng, place, n=max(1, round(km2 * 0.35)))
+    tracks, culverts = _tracks(rng, place, n=max(1, round(km2 * L.tracks_per_km2)))
     negatives += culverts
-    dam_drafts = _dams(rng, place, outlets, n=max(3, round(km2 * 2.4)))
-    dams = _dam_statuses(rng, dam_drafts, len(dates))
-    negatives += _channel_negatives(rng, place, n=max(4, round(km2 * 2.0)))
+    if L.dams_per_context_per_km2 is None:
+        targets = {"all": max(3, round(km2 * L.dams_per_km2))}
+    else:
+        targets = dict.fromkeys(DAM_CONTEXTS, max(1, round(km2 * L.dams_per_context_per_km2)))
+    dam_drafts = _dams(rng, place, outlets, targets)
+    dams = _dam_statuses(rng, dam_drafts, len(dates), by_context=L.dams_per_context_per_km2 is not None)
+    negatives += _channel_negatives(rng, place, max(4, round(km2 * L.negatives_per_km2)), L.channel_negative_kinds)
     hard_negatives = tuple(
         HardNegative(id=f"neg-{j + 1:03d}", seed=int(rng.integers(0, 2**31)), **{k: (float(v) if k != "kind" else v) for k, v in n.items()})
         for j, n in enumerate(negatives)
@@ -222,6 +240,29 @@ class _Network:
         self.index = PointIndex(self.points, cell=120.0)
 
 
+class _ChannelIndex:
+    """The vertices of the channels drawn so far, to keep a new channel clear of them."""
+
+    def __init__(self, channels: list[_Channel]):
+        self.index = PointIndex(np.zeros((0, 2)), cell=200.0)
+        self.owner: list[int] = []
+        for k, c in enumerate(channels):
+            self.add(k, c.points)
+
+    def add(self, k: int, points: np.ndarray) -> None:
+        for x, y in points.tolist():
+            self.index.add(x, y)
+        self.owner += [k] * len(points)
+
+    def clear(self, points: np.ndarray, r: float, allow: int | None = None) -> bool:
+        """Is every one of ``points`` (every other one, STEP_M apart) at least ``r`` m from
+        every channel but ``allow``?"""
+        for x, y in points[::2].tolist():
+            if any(self.owner[j] != allow for j in self.index.near(x, y, r)):
+                return False
+        return True
+
+
 class _Placement:
     """What is already placed where, so that the next object keeps its distance.
 
@@ -229,7 +270,7 @@ class _Placement:
     keep ``neg_spacing`` m from everything: one object per 128-px tile, most of the time.
     """
 
-    def __init__(self, rng, network: _Network, lakes: list[Lake], roads: list[np.ndarray], S: float, shore_seed: int):
+    def __init__(self, rng, network: _Network, lakes: list[Lake], roads: list[np.ndarray], S: float, shore_seed: int, layout: Layout):
         self.rng = rng
         self.network = network
         self.lakes = lakes
@@ -237,9 +278,12 @@ class _Placement:
         self.S = S
         self.shore_seed = shore_seed
         self.dams = PointIndex(np.zeros((0, 2)), cell=200.0)
+        self.ponds = PointIndex(np.zeros((0, 2)), cell=200.0)  # the middle of each dam's pond
         self.negatives = PointIndex(np.zeros((0, 2)), cell=200.0)
-        self.dam_spacing = min(140.0, S / 5)
-        self.neg_spacing = min(70.0, S / 8)
+        self.dam_spacing = min(layout.dam_spacing_m, S / 5)
+        self.neg_spacing = min(layout.negative_spacing_m, S / 8)
+        self.layout = layout
+        self.clear_of_ponds = layout.clear_of_ponds
 
     def stream_vertex(self, kinds: tuple[str, ...] = ("main", "tributary", "side"), inner: float = 0.0) -> tuple[int, int] | None:
         """A random vertex (uniform along channels) inside the area, ``inner`` m from its edge."""
@@ -262,11 +306,16 @@ class _Placement:
         owner = self.network.owner
         if any(owner[j] != k and owner[j] not in allow for j in self.network.index.near(x, y, min(r, 119))):
             return False
+        return self.clear_of_placed(x, y, r, dam) and not self.near_lake(x, y, 1.6)
+
+    def clear_of_placed(self, x: float, y: float, r: float, dam: bool) -> bool:
+        """No road within r + 10 m, no dam or hard negative (or, if the layout says so and this is
+        not a dam, the middle of a pond) within the spacing of (x, y)."""
         if len(self.road_index.near(x, y, min(r + 10, 119))):
             return False
         if len(self.dams.near(x, y, self.dam_spacing if dam else self.neg_spacing)) or len(self.negatives.near(x, y, self.neg_spacing)):
             return False
-        return not self.near_lake(x, y, 1.6)
+        return dam or not self.clear_of_ponds or not len(self.ponds.near(x, y, self.neg_spacing))
 
     def near_lake(self, x: float, y: float, level: float) -> bool:
         """Is (x, y) inside ``level`` times some lake's shore function? (bbox test first)"""
@@ -296,43 +345,77 @@ def _main_streams(rng, S: float) -> list[_Channel]:
     return out
 
 
-def _tributaries(rng, mains: list[_Channel], S: float, n: int) -> list[_Channel]:
-    """``n`` tributaries from sources 350-1800 m from a main stream to a junction on it, widening downstream."""
+def _tributaries(rng, mains: list[_Channel], S: float, n: int, clearance: float | None, branching: bool = False) -> list[_Channel]:
+    """``n`` tributaries from sources 350-1800 m from a main stream to a junction on it, widening downstream.
+
+    ``branching``: a tributary joins the nearest channel drawn so far, main stream or
+    tributary, so that the network branches. With a ``clearance`` (m), a tributary keeps that
+    far from every channel drawn before it except over its last 3 x ``clearance`` m, where it
+    joins (otherwise it may cross them).
+    """
     lo, hi = -MARGIN_M, S + MARGIN_M
-    index = PointIndex(np.vstack([c.points for c in mains]), cell=200.0)
+    points = np.vstack([c.points for c in mains])  # the candidate junctions
     owner = np.concatenate([np.full(len(c.points), k) for k, c in enumerate(mains)])
     pos_of = np.concatenate([np.arange(len(c.points)) for c in mains])
+    drawn = _ChannelIndex(mains) if clearance is not None else None
     out: list[_Channel] = []
     for _ in range(n * 4):
         if len(out) >= n:
             break
         src = rng.uniform(lo, hi, 2)
-        d2 = ((index.points - src) ** 2).sum(axis=1)
+        d2 = ((points - src) ** 2).sum(axis=1)
         j = int(np.argmin(d2))
         dist = math.sqrt(d2[j])
         if not 350 < dist < 1800:
             continue
-        parent = mains[int(owner[j])].points
+        parent = (mains + out)[int(owner[j])].points
         pos = min(int(pos_of[j]) + int(rng.integers(10, 60)), len(parent) - 2)  # join a little downstream
         target = parent[pos]
         pts = meander(rng, src, target, rng.uniform(0.5, 0.85), rng.uniform(110, 200))
         ramp = np.linspace(0.0, 1.0, len(pts))
         half = (1.4 + 1.3 * ramp * rng.uniform(0.7, 1.2)) * smooth_series(rng, len(pts), 30, 0.12)
+        k = len(mains) + len(out)
+        if drawn is not None:
+            if not drawn.clear(pts[: -int(3 * clearance / STEP_M)], clearance):
+                continue
+            drawn.add(k, pts)
+        if branching:
+            points = np.vstack([points, pts])
+            owner = np.concatenate([owner, np.full(len(pts), k)])
+            pos_of = np.concatenate([pos_of, np.arange(len(pts))])
         out.append(_Channel("tributary", pts, half))
     return out
 
 
-def _add_side_channels(rng, channels: list[_Channel], S: float, n: int) -> None:
+def _add_side_channels(
+    rng,
+    channels: list[_Channel],
+    S: float,
+    n: int,
+    layout: Layout,
+    lakes: Sequence[Lake] = (),
+    shore_seed: int = 0,
+) -> None:
     """Append ``n`` side channels: anabranches that leave a channel and rejoin it 200-480 m on.
 
     A side channel swings 28-45 m away from its parent; its parent may be any channel drawn so
-    far except another side channel (the candidates include those appended here).
+    far except another side channel (the candidates include those appended here), each as
+    likely as the others, or as likely as its length (``layout.side_parent_by_length``). With
+    ``layout.channel_clearance_m``, it keeps that far from every channel but its parent, never
+    folds back on itself, and has its vertices re-spaced STEP_M apart. It stays out of
+    ``lakes`` (and their margin: 1.6 x the shore function, as dams do).
     """
+    clearance = layout.channel_clearance_m
+    drawn = _ChannelIndex(channels) if clearance is not None else None
+    lengths = np.array([len(c.points) for c in channels if c.kind != "side"])  # side channels come last
     n_side = 0
     for _ in range(n * 6):
         if n_side >= n:
             break
-        parent_k = int(rng.integers(0, len(channels)))
+        if layout.side_parent_by_length:
+            parent_k = int(np.searchsorted(np.cumsum(lengths), rng.integers(0, lengths.sum()), side="right"))
+        else:
+            parent_k = int(rng.integers(0, len(channels)))
         parent = channels[parent_k]
         if parent.kind == "side":
             continue
@@ -350,38 +433,60 @@ def _add_side_channels(rng, channels: list[_Channel], S: float, n: int) -> None:
         s = np.linspace(0, 1, len(seg))
         off = rng.choice([-1, 1]) * rng.uniform(28, 45) * np.sin(np.pi * s) ** 0.7 * smooth_series(rng, len(seg), 25, 0.15)
         pts = seg + normal * off[:, None]
+        if drawn is not None:
+            # Offset to the inside of a bend tighter than the offset, the course folds back on
+            # itself; offset to the inside of a gentler one, its vertices crowd: re-space them.
+            steps = np.diff(pts, axis=0)
+            if ((steps * np.diff(seg, axis=0)).sum(axis=1) <= 0).any():
+                continue
+            pts = respace(pts, STEP_M)
         half = rng.uniform(1.2, 1.9) * smooth_series(rng, len(pts), 20, 0.15)
         half[:4] = half[-4:] = 0.8  # they narrow where they leave and rejoin
+        if any(_crosses_lake(lake, pts, shore_seed) for lake in lakes):
+            continue
+        if drawn is not None:
+            if not drawn.clear(pts, clearance, allow=parent_k):
+                continue
+            drawn.add(len(channels), pts)
         channels.append(_Channel("side", pts, half, parent=parent_k))
         n_side += 1
+
+
+def _crosses_lake(lake: Lake, pts: np.ndarray, shore_seed: int, level: float = 1.6) -> bool:
+    """Does the path come within ``level`` x the shore function of ``lake``? (bbox test first)"""
+    b = lake.bbox
+    m = 0.6 * (b[2] - b[0])  # level 1.6 reaches at most 0.6 of the lake's size beyond its box
+    box = (pts[:, 0] > b[0] - m) & (pts[:, 0] < b[2] + m) & (pts[:, 1] > b[1] - m) & (pts[:, 1] < b[3] + m)
+    return bool(box.any() and (lake.shore_at(pts[box, 0], pts[box, 1], shore_seed) < level).any())
 
 
 # --- lakes --------------------------------------------------------------------------------
 
 
-def _lakes(rng, network: _Network, S: float, shore_seed: int, n: int) -> tuple[list[Lake], list[tuple[int, int]]]:
+def _lakes(rng, network: _Network, S: float, shore_seed: int, n: int, layout: Layout) -> tuple[list[Lake], list[tuple[int, int]]]:
     """Up to ``n`` lakes on tributaries, and the (channel, vertex) of each one's outlet.
 
-    A lake is a disc of 55-140 m radius on a long tributary plus 2-4 smaller discs, at least
-    3 radii + 200 m from the others and clear of other channels; the tributary must enter it
-    once and leave it once.
+    A lake is a disc (radius: ``layout.lake_radius_m``) on a tributary long enough, plus 2-4
+    smaller discs, apart from the other lakes (``layout.lake_gap``) and clear of other
+    channels; the tributary must enter it once (or start in it) and leave it once.
     """
     lakes: list[Lake] = []
     outlets: list[tuple[int, int]] = []
     channels = network.channels
-    tribs = [k for k, c in enumerate(channels) if c.kind == "tributary" and len(c.points) > 200]
+    tribs = [k for k, c in enumerate(channels) if c.kind == "tributary" and len(c.points) > layout.lake_min_vertices]
+    gap_a, gap_b = layout.lake_gap
     for _ in range(n * 8):
         if len(lakes) >= n or not tribs:
             break
         k = tribs[int(rng.integers(0, len(tribs)))]
         pts = channels[k].points
-        i = int(len(pts) * rng.uniform(0.3, 0.55))
+        i = int(len(pts) * rng.uniform(*layout.lake_along))
         cx, cy = pts[i]
-        R = rng.uniform(55, 140) * min(1.0, S / 1500)
+        R = rng.uniform(*layout.lake_radius_m) * min(1.0, S / 1500)
         if not (R < cx < S - R and R < cy < S - R):
             continue
         near = network.index.near(cx, cy, min(R * 2.2 + 40, 119))
-        if any(network.owner[j] != k for j in near) or any(math.hypot(cx - l.circles[0, 0], cy - l.circles[0, 1]) < 3 * R + 200 for l in lakes):
+        if any(network.owner[j] != k for j in near) or any(math.hypot(cx - l.circles[0, 0], cy - l.circles[0, 1]) < gap_a * R + gap_b for l in lakes):
             continue
         tang = tangent(pts, i, 8)
         circles = [(cx, cy, R)]
@@ -404,11 +509,11 @@ def _lakes(rng, network: _Network, S: float, shore_seed: int, n: int) -> tuple[l
 # --- roads, tracks and their crossings ----------------------------------------------------
 
 
-def _roads(rng, S: float) -> list[np.ndarray]:
-    """Gently curving roads right across the area, north-south or east-west, one per ~2.2 km."""
+def _roads(rng, S: float, spacing: float) -> list[np.ndarray]:
+    """Gently curving roads right across the area, north-south or east-west, one per ``spacing`` m of its edge."""
     lo, hi = -MARGIN_M, S + MARGIN_M
     roads = []
-    for _ in range(max(1, round(S / 2200))):
+    for _ in range(max(1, round(S / spacing))):
         if rng.random() < 0.5:
             a, b = (rng.uniform(0, S), lo - 20), (rng.uniform(0, S), hi + 20)
         else:
@@ -439,7 +544,8 @@ def _road_crossings(place: _Placement, roads: list[np.ndarray]) -> list[dict]:
 
 
 def _tracks(rng, place: _Placement, n: int) -> tuple[list[np.ndarray], list[dict]]:
-    """Up to ``n`` farm tracks, each crossing a tributary or side channel on a ``culvert``."""
+    """Up to ``n`` farm tracks, each crossing a tributary or side channel on a ``culvert``,
+    nearly square to it, reaching ``layout.track_half_length_m`` either side."""
     tracks, negatives = [], []
     channels = place.network.channels
     for _ in range(n * 10):
@@ -454,7 +560,7 @@ def _tracks(rng, place: _Placement, n: int) -> tuple[list[np.ndarray], list[dict
             continue
         t = tangent(channels[k].points, i, 3)
         ang = math.atan2(t[1], t[0]) + math.pi / 2 + rng.uniform(-0.4, 0.4)
-        half_len = rng.uniform(120, 300)
+        half_len = rng.uniform(*place.layout.track_half_length_m)
         d = np.array([math.cos(ang), math.sin(ang)])
         tracks.append(meander(rng, (x, y) - d * half_len, (x, y) + d * half_len, 0.1, 600, wander=0.0))
         negatives.append(dict(kind="culvert", x=x, y=y, ux=t[0], uy=t[1], length=2.2, width=0.0))
@@ -478,6 +584,7 @@ def _dam_draft(rng, place: _Placement, k: int, i: int, context: str, pond_length
     prof = np.clip(1 - (dist / pond_length) ** 2, 0, 1) ** 0.6
     pond = Polylines.build([(line, np.maximum(c.half[i - n_up : i + 1][::-1] * 1.3, pond_half * prof))], chunk=8)
     place.dams.add(x, y)
+    place.ponds.add(x - t[0] * pond_length * 0.5, y - t[1] * pond_length * 0.5)
     return dict(
         x=float(x), y=float(y), ux=float(t[0]), uy=float(t[1]), context=context,
         pond_length=float(pond_length), pond_half=float(pond_half),
@@ -487,19 +594,34 @@ def _dam_draft(rng, place: _Placement, k: int, i: int, context: str, pond_length
     )  # fmt: skip
 
 
-def _dams(rng, place: _Placement, outlets: list[tuple[int, int]], n: int) -> list[dict]:
-    """Dams: below 85 % of lake outlets, then up to ``n`` in all on side channels (35 % of
-    tries) and main channels, where the pond fits clear of everything else."""
+def _dams(rng, place: _Placement, outlets: list[tuple[int, int]], targets: dict[str, int]) -> list[dict]:
+    """Dams: below a share of lake outlets, then on side channels and main channels, where the
+    pond fits clear of everything else.
+
+    ``targets`` is either {"all": n}: n dams in all, a fixed share of tries on side channels
+    (natural), or the number of each context (balanced): lakes beyond the lake_outlet target
+    keep their outlets free.
+    """
+    check_outlets = place.clear_of_ponds
     channels = place.network.channels
     dams = []
     for k, i in outlets:
-        if rng.random() < 0.85:
+        if len(dams) >= targets.get("lake_outlet", len(outlets)):
+            break
+        if rng.random() < place.layout.outlet_dam_chance:
             i2 = min(i + int(rng.integers(2, 6)), len(channels[k].points) - 2)
-            dams.append(_dam_draft(rng, place, k, i2, "lake_outlet", rng.uniform(14, 24), rng.uniform(9, 16)))
+            pond_length, pond_half = rng.uniform(14, 24), rng.uniform(9, 16)
+            if check_outlets and not place.clear_of_placed(*channels[k].points[i2], pond_half + 12, dam=True):
+                continue
+            dams.append(_dam_draft(rng, place, k, i2, "lake_outlet", pond_length, pond_half))
+    limit = sum(targets.values()) * 60
     attempts = 0
-    while len(dams) < n and attempts < n * 60:
+    while attempts < limit:
+        share = _side_share(place.layout, dams, targets)
+        if share is None:
+            break
         attempts += 1
-        side = rng.random() < 0.35
+        side = rng.random() < share
         pick = place.stream_vertex(("side",) if side else ("main", "tributary"), inner=45)
         if pick is None:
             continue
@@ -530,15 +652,33 @@ def _dams(rng, place: _Placement, outlets: list[tuple[int, int]], n: int) -> lis
     return dams
 
 
-def _dam_statuses(rng, drafts: list[dict], n_dates: int) -> tuple[Dam, ...]:
+def _side_share(layout: Layout, dams: list[dict], targets: dict[str, int]) -> float | None:
+    """The chance that the next try is on a side channel, or None when the targets are met."""
+    if "all" in targets:
+        return layout.side_dam_share if len(dams) < targets["all"] else None
+    short = {c for c in ("main_stream", "side_channel") if sum(d["context"] == c for d in dams) < targets[c]}
+    if not short:
+        return None
+    return 0.5 if len(short) == 2 else float("side_channel" in short)
+
+
+def _dam_statuses(rng, drafts: list[dict], n_dates: int, by_context: bool = False) -> tuple[Dam, ...]:
     """Status over the dates: half persist, a quarter are new, a quarter are gone (shuffled).
 
     A new dam appears on a random later date and stands from then on; a gone dam stands until
-    a random later date. With one date every dam persists.
+    a random later date. With one date every dam persists. ``by_context``: the same mix within
+    each context (else over all dams, so a context's mix varies by chance).
     """
     pattern = ["persisting", "new", "gone", "persisting"]
-    statuses = [pattern[j % 4] if n_dates > 1 else "persisting" for j in range(len(drafts))]
-    rng.shuffle(statuses)
+    groups = [list(range(len(drafts)))]
+    if by_context:
+        groups = [[j for j, d in enumerate(drafts) if d["context"] == c] for c in DAM_CONTEXTS]
+    statuses = [""] * len(drafts)
+    for group in groups:
+        mix = [pattern[j % 4] if n_dates > 1 else "persisting" for j in range(len(group))]
+        rng.shuffle(mix)
+        for j, status in zip(group, mix):
+            statuses[j] = status
     dams = []
     for j, (d, status) in enumerate(zip(drafts, statuses)):
         if status == "persisting":
@@ -553,10 +693,9 @@ def _dam_statuses(rng, drafts: list[dict], n_dates: int) -> tuple[Dam, ...]:
 # --- look-alikes on channels --------------------------------------------------------------
 
 
-def _channel_negatives(rng, place: _Placement, n: int) -> list[dict]:
-    """Up to ``n`` look-alikes on channels, kinds in turn: fallen tree, narrows, pond without
-    dam, fallen tree, pond without dam. Narrows and natural pools change the channel's width."""
-    kinds = ["fallen_tree", "narrows", "pond_without_dam", "fallen_tree", "pond_without_dam"]
+def _channel_negatives(rng, place: _Placement, n: int, kinds: Sequence[str]) -> list[dict]:
+    """Up to ``n`` look-alikes on channels, ``kinds`` in turn (fallen_tree, narrows,
+    pond_without_dam). Narrows and natural pools change the channel's width."""
     negatives = []
     attempts = 0
     while len(negatives) < n and attempts < n * 60:

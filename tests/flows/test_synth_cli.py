@@ -27,7 +27,7 @@ def test_synth_command_writes_surveys_truth_and_quicklooks(tmp_path, capsys):
     assert "wrote 3 surveys of creek" in printed and "dams" in printed
     assert _entries(out) == sorted(
         [f"creek-{d}{suffix}" for d in ("2022-05-20", "2022-08-30", "2023-09-15") for suffix in (".tif", "-quicklook.png")]
-        + ["creek-truth.geojson", "synth.json"]
+        + ["creek-truth.geojson", "creek-shapes.geojson", "synth.json"]
     )
     assert _entries(tmp_path) == ["demo"]  # no temporary directory left beside it
     # With three dates a dam's `dates` is a run: new dams stand from some date on, gone ones until.
@@ -69,6 +69,7 @@ def test_overwrite_replaces_an_earlier_synth_output_only(tmp_path, capsys):
         (["--block", "768"], ["--block 768", "512, 1024"]),
         (["--seed", "-1"], ["--seed -1"]),
         (["--workers", "0"], ["--workers 0"]),
+        (["--layout", "grid"], ["--layout 'grid'", "natural, balanced"]),
     ],
 )
 def test_bad_arguments_are_refused_with_exit_2_and_nothing_written(tmp_path, capsys, args, words):
@@ -80,6 +81,20 @@ def test_bad_arguments_are_refused_with_exit_2_and_nothing_written(tmp_path, cap
     for word in words:
         assert word in err.replace("\n", " "), (word, err)
     assert _entries(tmp_path) == []
+
+
+def test_layout_balanced_is_written_to_the_manifest_with_its_counts(tmp_path, capsys):
+    out = tmp_path / "b"
+    args = ["synth", "--out", str(out), "--size", "768", "--pixel-size", "2", "--layout", "balanced", "--dates", "2024-06-01"]
+    assert main([*args, "--seed", "4", "--workers", "1"]) == 0
+    manifest = json.loads((out / "synth.json").read_text())
+    truth = json.loads((out / "creek-truth.geojson").read_text())["features"]
+    assert manifest["layout"] == "balanced"
+    # One date: every dam persists, so each context's count is its number of dams in the truth.
+    contexts = [f["properties"]["context"] for f in truth if f["properties"]["class"] == "dam"]
+    counts = manifest["counts"]["standing_by_date"]["2024-06-01"]["dams"]
+    assert counts == {c: contexts.count(c) for c in ("main_stream", "side_channel", "lake_outlet")}
+    assert min(counts.values()) >= 3  # 1.5 km square: 2.36 km^2 x 1.55 per km^2 = 4 of each wanted
 
 
 def test_an_output_directory_holding_other_files_is_refused_and_left_alone(tmp_path, capsys):

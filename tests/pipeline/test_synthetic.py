@@ -8,6 +8,7 @@ README states for real water), and rasterio's reprojection of the truth back to 
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 
@@ -53,7 +54,7 @@ def _digest(directory) -> dict[str, str]:
 def test_same_seed_gives_identical_files_whatever_block_size_or_worker_count(area, tmp_path):
     again = generate_area(tmp_path / "b", "creek", DATES, SIZE, SEED, block=1024, workers=1, progress=False)
     assert _digest(again.out_dir) == _digest(area.out_dir)
-    assert len(_digest(area.out_dir)) == 6  # 2 GeoTIFFs, 2 quicklooks, truth, manifest
+    assert len(_digest(area.out_dir)) == 7  # 2 GeoTIFFs, 2 quicklooks, truth, shapes, manifest
 
 
 # sha256 of each file's decoded content -- the pixels (band, row, col) of a GeoTIFF or PNG, the
@@ -269,3 +270,64 @@ def test_hard_negatives_have_no_pond_and_no_barrier_where_truth_puts_them(area, 
     # No dam sits on any hard negative's spot.
     for neg in scene.negatives:
         assert min(np.hypot(d.x - neg.x, d.y - neg.y) for d in scene.dams) > 30
+
+
+# --- shapes: each dam's barrier and pond, for explanations -----------------------------------
+
+
+def _segment_distance(p: np.ndarray, line: np.ndarray) -> float:
+    """Distance (m) from point p (2,) to the polyline (n, 2), worked out segment by segment."""
+    a, b = line[:-1], line[1:]
+    ab = b - a
+    t = np.clip(((p - a) * ab).sum(axis=1) / (ab * ab).sum(axis=1), 0.0, 1.0)
+    return float(np.hypot(*(a + t[:, None] * ab - p).T).min())
+
+
+def _to_utm(coords) -> np.ndarray:
+    from rasterio.warp import transform
+
+    lon, lat = np.asarray(coords, float).T
+    return np.stack(transform("EPSG:4326", "EPSG:32618", lon, lat), axis=1)
+
+
+def test_shapes_give_each_dam_a_barrier_through_its_truth_point_and_a_pond(area):
+    doc = json.loads(area.shapes.read_text())
+    assert area.shapes.name == "creek-shapes.geojson"
+    assert doc["type"] == "FeatureCollection" and "crs" not in doc
+    truth = {f["id"]: f for f in json.loads(area.truth.read_text())["features"] if f["properties"]["class"] == "dam"}
+    parts = collections.defaultdict(dict)
+    for f in doc["features"]:
+        parts[f["properties"]["id"]][f["properties"]["part"]] = f
+    assert set(parts) == set(truth) and all(set(p) == {"barrier", "pond"} for p in parts.values())
+    for dam_id, p in parts.items():
+        point = _to_utm([truth[dam_id]["geometry"]["coordinates"]])[0]
+        barrier = p["barrier"]["geometry"]
+        assert barrier["type"] == "LineString"
+        assert _segment_distance(point, _to_utm(barrier["coordinates"])) < 1.0, dam_id
+        # Its length is the truth's barrier length, give or take the bend of the arc (< 10 %).
+        length = np.hypot(*np.diff(_to_utm(barrier["coordinates"]), axis=0).T).sum()
+        assert 0.99 < length / truth[dam_id]["properties"]["barrier_length_m"] < 1.1, dam_id
+        pond = p["pond"]["geometry"]
+        ring = np.asarray(pond["coordinates"][0])
+        assert pond["type"] == "Polygon" and len(pond["coordinates"]) == 1 and (ring[0] == ring[-1]).all()
+        # RFC 7946: the exterior ring is counter-clockwise (shoelace area > 0 in lon/lat).
+        assert np.sum(ring[:-1, 0] * ring[1:, 1] - ring[1:, 0] * ring[:-1, 1]) > 0, dam_id
+        assert p["pond"]["properties"]["dates"] == truth[dam_id]["properties"]["dates"]
+
+
+def test_a_standing_ponds_outline_is_mostly_water_in_the_pixels(area, images):
+    from rasterio.features import rasterize
+
+    doc = json.loads(area.shapes.read_text())
+    scene = area.scene
+    with rasterio.open(area.surveys[DATES[0]]) as ds:
+        crs, grid = ds.crs, ds.transform  # date 0: no misregistration, pixels are where the transform says
+    water = _water(images[0])
+    for f in doc["features"]:
+        if f["properties"]["part"] != "pond" or DATES[0] not in f["properties"]["dates"]:
+            continue
+        ring = _to_utm(f["geometry"]["coordinates"][0])
+        inside = rasterize([({"type": "Polygon", "coordinates": [ring.tolist()]}, 1)], out_shape=water.shape, transform=grid).astype(bool)
+        assert inside.sum() > 100, f["properties"]["id"]  # tens of metres across at 1 m
+        assert water[inside].mean() > 0.6, (f["properties"]["id"], water[inside].mean())
+    assert crs.to_epsg() == scene.epsg
