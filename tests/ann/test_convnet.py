@@ -9,7 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from ann.conv import conv_backward, conv_forward, global_max_backward, global_max_forward, maxpool_backward, maxpool_forward
+from ann.conv import (
+    conv_backward,
+    conv_forward,
+    global_max_backward,
+    global_max_forward,
+    maxpool_backward,
+    maxpool_forward,
+)
 from ann.convnet import DEFAULT_LAYERS, ConvNet
 from ann.errors import ConfigError, FeatureSpecMismatch
 from ann.functions import sigmoid_cross_entropy_with_logits
