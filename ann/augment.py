@@ -21,7 +21,7 @@ import numpy as np
 
 from ann.errors import ConfigError
 
-__all__ = ["N_SYMMETRIES", "d4_transform", "apply_d4", "d4_codes"]
+__all__ = ["N_SYMMETRIES", "apply_d4", "d4_codes", "d4_transform"]
 
 N_SYMMETRIES = 8
 _U64 = np.uint64

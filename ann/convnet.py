@@ -72,7 +72,8 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -92,20 +93,26 @@ from ann.conv import (
     sliding_max,
 )
 from ann.errors import ConfigError, FeatureSpecMismatch
-from ann.functions import ACTIVATIONS, LOSS_FUNCTIONS, relu, sigmoid, sigmoid_cross_entropy_with_logits
+from ann.functions import (
+    ACTIVATIONS,
+    LOSS_FUNCTIONS,
+    relu,
+    sigmoid,
+    sigmoid_cross_entropy_with_logits,
+)
 from ann.layers import dense_backward, dense_forward
 from ann.network import MLP, _check_dtype, tiled_arrays
 
 __all__ = [
-    "ConvNet",
-    "DEFAULT_LAYERS",
-    "DEFAULT_WINDOW",
     "DEFAULT_BATCH_SIZE",
+    "DEFAULT_LAYERS",
     "DEFAULT_MICRO_BATCH",
-    "MAX_PARAMETERS",
+    "DEFAULT_WINDOW",
     "LAYER_KEYS",
-    "network_from_architecture",
+    "MAX_PARAMETERS",
+    "ConvNet",
     "architecture_param_shapes",
+    "network_from_architecture",
 ]
 
 DEFAULT_WINDOW = 64  # pixels (128 m at the default 2 m ground sample distance)
@@ -127,8 +134,8 @@ DEFAULT_LAYERS: list[dict[str, Any]] = [
 # keeps it at ~5 % of a step (and the idle share, imbalance included, <= 0.10), where 256
 # gave 9-12 % and 128 over 25 %. Pass it as TrainConfig(batch_size=...) / ShardPlan.from_config.
 DEFAULT_BATCH_SIZE = 512
-# Windows per gradient call inside a shard: the patch matrices of 64 windows of 64 x 64 x 4
-# take ~10 MB (the first layer's); larger micro-batches only add memory.
+# Windows per gradient call inside a shard: the first layer's patch matrix for 64 windows of
+# 64 x 64 x 4 takes 35 MB and all work buffers ~90 MB; larger micro-batches only add memory.
 DEFAULT_MICRO_BATCH = 64
 # A sane bound on a model's size, checked before anything is allocated (a damaged or hostile
 # JSON claiming a 100000 x 100000 layer is refused instead of exhausting memory).

@@ -42,13 +42,12 @@ import json
 import math
 import os
 import tempfile
+import threading
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-import threading
 
 from ann.convnet import MAX_PARAMETERS, ConvNet, architecture_param_shapes
 from ann.errors import AnnError, ConfigError, FeatureSpecMismatch, ModelFileError
@@ -56,7 +55,7 @@ from ann.functions import ACTIVATIONS
 from ann.network import MLP, _check_dtype
 from ann.standardize import Standardizer
 
-__all__ = ["Classifier", "save_model", "load_model", "MODEL_FORMAT", "FORMAT_VERSION", "MODEL_TYPES"]
+__all__ = ["FORMAT_VERSION", "MODEL_FORMAT", "MODEL_TYPES", "Classifier", "load_model", "save_model"]
 
 MODEL_FORMAT = "damwatch-ann-model"
 FORMAT_VERSION = 2  # 2: model_type, ConvNets, id over the defining content only; 1: classic, id over the whole JSON

@@ -25,28 +25,29 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from ann import metrics
+from ann.augment import apply_d4, d4_codes
 from ann.errors import ConfigError
 from ann.functions import binary_cross_entropy
-from ann.augment import apply_d4, d4_codes
 from ann.network import MLP
 from ann.optim import SGD, Adam, tiled_base
 from ann.shards import AUGMENTATIONS, SAMPLINGS, balanced_rows
 
 __all__ = [
-    "TrainConfig",
+    "VALIDATION_METRICS",
     "GradientSource",
-    "InMemorySource",
     "History",
+    "InMemorySource",
+    "TrainConfig",
+    "class_sample_weights",
     "fit",
     "make_optimizer",
-    "class_sample_weights",
-    "VALIDATION_METRICS",
 ]
 
 # Validation metrics fit can stop on; True when higher is better.

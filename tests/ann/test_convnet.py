@@ -9,7 +9,14 @@ import time
 import numpy as np
 import pytest
 
-from ann.conv import conv_backward, conv_forward, global_max_backward, global_max_forward, maxpool_backward, maxpool_forward
+from ann.conv import (
+    conv_backward,
+    conv_forward,
+    global_max_backward,
+    global_max_forward,
+    maxpool_backward,
+    maxpool_forward,
+)
 from ann.convnet import DEFAULT_LAYERS, ConvNet
 from ann.errors import ConfigError, FeatureSpecMismatch
 from ann.functions import sigmoid_cross_entropy_with_logits
@@ -254,8 +261,9 @@ def bar_images(n: int, seed: int, size: int = 20, length: int = 4):
 
 
 def test_the_cnn_finds_short_bars_anywhere_and_the_dense_network_cannot():
-    """Held-out accuracy on 400 images (800 to train, 300 to validate): CNN 0.99, dense network
-    on the flattened pixels 0.51 (chance), measured on this machine; asserted >= 0.95 and <= 0.65.
+    """Held-out accuracy on 400 images (800 to train, 300 to validate): CNN 0.9925 (4 epochs,
+    100 steps, stopped at the validation target), dense network (400-64-32-1) on the flattened
+    pixels 0.505 (chance), measured on this machine; asserted >= 0.95 and <= 0.65.
 
     The dense network would need to see a bar at every position and orientation; the CNN's
     3 x 3 kernels learn "adjacent bright pixels" once and apply it everywhere.
