@@ -78,3 +78,41 @@ def d4_codes(seed: int, epoch: int, example_ids: np.ndarray) -> np.ndarray:
         key = _splitmix(np.array([(int(seed) & 0xFFFFFFFFFFFFFFFF)], _U64) + _GOLDEN)
         key = _splitmix(key ^ np.array([int(epoch) & 0xFFFFFFFFFFFFFFFF], _U64))
         return (_splitmix(key ^ (ids + _GOLDEN)) >> _U64(61)).astype(np.uint8)  # top 3 bits: 0..7
+
+
+#: Photometric jitter of ``"d4+photometric"``: each channel of each window is scaled by a factor
+#: in [1 - CONTRAST, 1 + CONTRAST] and shifted by up to ±BRIGHTNESS (standardized units), as
+#: sun, haze, season and sensor change them between flights.
+CONTRAST = 0.2
+BRIGHTNESS = 0.25
+
+
+def _uniform(seed: int, epoch: int, example_ids: np.ndarray, salt: int, channels: int) -> np.ndarray:
+    """(N, channels) numbers in [-1, 1): a hash of (seed, epoch, example id, salt, channel)."""
+    ids = np.asarray(example_ids, dtype=np.int64).astype(_U64)
+    with np.errstate(over="ignore"):
+        key = _splitmix(np.array([(int(seed) & 0xFFFFFFFFFFFFFFFF)], _U64) + _GOLDEN)
+        key = _splitmix(key ^ np.array([(int(epoch) * 1_000_003 + salt) & 0xFFFFFFFFFFFFFFFF], _U64))
+        base = _splitmix(key ^ (ids + _GOLDEN))[:, None]
+        h = _splitmix(base ^ (np.arange(channels, dtype=_U64)[None, :] * _GOLDEN + _U64(salt)))
+    return (h >> _U64(11)).astype(np.float64) / float(1 << 53) * 2.0 - 1.0
+
+
+def augment_windows(
+    X: np.ndarray, kind: str | None, seed: int, epoch: int, example_ids: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Windows (B, H, W, C) under the augmentation ``kind``: None (as they are), ``"d4"`` (a
+    symmetry each, :func:`d4_codes`) or ``"d4+photometric"`` (and a per-channel contrast and
+    brightness jitter: ``x · (1 + CONTRAST u) + BRIGHTNESS v``, u, v in [-1, 1) hashed from
+    (seed, epoch, example id, channel)). Like the symmetries, the jitter depends on no batch,
+    shard or worker."""
+    if kind is None:
+        return X
+    out = apply_d4(X, d4_codes(seed, epoch, example_ids), out=out)
+    if kind == "d4+photometric":
+        c = X.shape[-1]
+        gain = (1.0 + CONTRAST * _uniform(seed, epoch, example_ids, 1, c)).astype(out.dtype)
+        shift = (BRIGHTNESS * _uniform(seed, epoch, example_ids, 2, c)).astype(out.dtype)
+        out *= gain[:, None, None, :]
+        out += shift[:, None, None, :]
+    return out

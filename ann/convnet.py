@@ -676,6 +676,7 @@ class ConvNet:
         *,
         max_bytes: int = 192 * 2**20,
         preprocess: Callable[[np.ndarray], np.ndarray] | None = None,
+        logits: bool = False,
     ) -> np.ndarray:
         """Probabilities (h_out, w_out) of every window of ``image`` (H, W, C) at stride S.
 
@@ -686,6 +687,9 @@ class ConvNet:
         maps take at most ``max_bytes``; its feature map is pooled with a sliding global pool
         (stride 1, the window's feature size) and the head applied at every cell.
         ``preprocess(strip) -> strip`` (e.g. standardization) is applied to each strip's pixels.
+        ``logits=True`` returns the output node's logits instead of probabilities: they keep
+        their order where float32 probabilities round to exactly 1 (logits above ~17), which
+        object detection on the map needs.
         """
         if not self.fully_convolutional:
             raise ConfigError(
@@ -721,7 +725,10 @@ class ConvNet:
             for i in range(self._global + 1, len(self.layers)):
                 j = self._param_index[i]
                 z, _ = dense_forward(z, p[j], p[j + 1], self.layers[i]["activation"])
-            sigmoid(z[:, 0], out=out[i0:i1].reshape(-1))
+            if logits:
+                out[i0:i1].reshape(-1)[...] = z[:, 0]
+            else:
+                sigmoid(z[:, 0], out=out[i0:i1].reshape(-1))
         return out
 
 

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ann.augment import apply_d4, d4_codes
+from ann.augment import augment_windows
 from ann.errors import ConfigError
 from ann.standardize import Standardizer
 
@@ -79,7 +79,7 @@ ShardLoader = Callable[[int], ShardData]
 StepResult = tuple[float, list[np.ndarray], int]
 
 _PARTITION_STREAM = 0x5A4D  # separates the partition's random stream from the per-epoch ones
-AUGMENTATIONS = (None, "d4")
+AUGMENTATIONS = (None, "d4", "d4+photometric")
 SAMPLINGS = ("uniform", "balanced")
 
 
@@ -357,9 +357,9 @@ def shard_gradient(net, shard: Shard, plan: ShardPlan, epoch: int, step: int) ->
         r = rows[start : start + plan.micro_batch]
         w = None if shard.w is None else _gather(shard.w, r, "w")
         X = _gather(shard.X, r, "X")
-        if plan.augment == "d4":
+        if plan.augment is not None:
             ids = shard.ids if shard.ids is not None else plan.shard_indices(shard.index)
-            X = apply_d4(X, d4_codes(plan.seed, epoch, ids[r]), out=_like(X, "X_d4"))
+            X = augment_windows(X, plan.augment, plan.seed, epoch, ids[r], out=_like(X, "X_d4"))
         loss, grads = net.loss_and_grad(X, _gather(shard.y, r, "y"), w, reuse_buffers=True)
         loss_sum += float(loss)
         if total is None:

@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from ann import metrics
-from ann.augment import apply_d4, d4_codes
+from ann.augment import augment_windows
 from ann.errors import ConfigError
 from ann.functions import binary_cross_entropy
 from ann.network import MLP
@@ -78,7 +78,7 @@ class TrainConfig:
     batch_size: int = 256  # the global mini-batch: examples per optimizer step, summed over all shards/workers
     seed: int = 0  # shuffling seed (and the D4 choices, and the shard partition)
     class_weight: str | tuple[float, float] | None = None  # None, "balanced" or (w0, w1); see class_sample_weights
-    augment: str | None = None  # "d4": each pixel window under a seeded one of the 8 square symmetries; None: as is
+    augment: str | None = None  # "d4": each pixel window under a seeded one of the 8 square symmetries; "d4+photometric": and a per-channel contrast/brightness jitter; None: as is
     sampling: str = "uniform"  # "balanced": each step half positives (rare targets oversampled); "uniform": shuffled
     max_epochs: int = 200  # hard stop
     patience: int = 10  # epochs without improvement of `metric` before stopping
@@ -274,7 +274,7 @@ class InMemorySource:
         # through an extra buffer when given out= (3x slower).
         xb = np.take(self.X, idx, axis=0, out=self._xb[:B], mode="clip")  # (B, F) or (B, H, W, C)
         if self.augment == "d4":
-            xb = apply_d4(xb, d4_codes(self.seed, epoch, idx), out=self._xa[:B])
+            xb = augment_windows(xb, self.augment, self.seed, epoch, idx, out=self._xa[:B])
         yb = np.take(self.y, idx, out=self._yb[:B], mode="clip")  # (B,)
         wb = None if self._wb is None else np.take(self.w, idx, out=self._wb[:B], mode="clip")
         loss, grads = self.net.loss_and_grad(xb, yb, wb, reuse_buffers=True)

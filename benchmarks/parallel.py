@@ -30,11 +30,10 @@ import json
 import multiprocessing as mp
 import os
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
-
-import sys
 
 # benchmarks/ann.py would shadow the ann package for a script run from this directory.
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]

@@ -35,6 +35,7 @@ from rasterio.windows import Window
 from zarr.codecs import ZstdCodec
 
 from pipeline import __version__
+from pipeline.bands import band_moments, merge_moments, moments_summary
 from pipeline.errors import InputError, StoreError
 from pipeline.files import file_sha256, parse_date, survey_id_for
 from pipeline.progress import progress_bar, wait_with_progress
@@ -194,10 +195,11 @@ def _valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
     return valid
 
 
-def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: tuple[int, int, int, int]) -> int | str:
+def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: tuple[int, int, int, int]) -> dict | str:
     """Read one window of the GeoTIFF and write it into the staging group.
 
-    Returns the number of valid pixels, or, when the file cannot be read there, a sentence
+    Returns the band statistics of the strip (:func:`pipeline.bands.band_moments`, on a grid of
+    pixels aligned to the raster's, so strips add up to the survey's), or, when the file cannot be read there, a sentence
     saying where and why: a corrupt file is an expected outcome, not a task failure, so it is
     reported to the driver (which raises it as a user error) rather than logged as a crash by
     the worker. Runs on a worker: opens the file and the Zarr arrays by path.
@@ -213,7 +215,8 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
     group = zarr.open_group(group_path, mode="r+")
     group["image"][:, r0:r1, c0:c1] = pixels
     group["valid"][r0:r1, c0:c1] = valid
-    return int(valid.sum())
+    # Strips start on multiples of the chunk edge, a multiple of MOMENT_STEP: one global grid.
+    return band_moments(pixels, valid)
 
 
 def _create_arrays(group: "zarr.Group", source: _Source, edge: int) -> None:
@@ -353,8 +356,8 @@ def ingest(
         # Consolidated: one read opens the survey (xarray.open_zarr too).
         _create_arrays(group, source, edge)
         strips = _strips(source.height, source.width, edge, source.count, np.dtype(source.dtype).itemsize)
-        _run_copy(source, str(group.store.root), strips, client, desc=f"ingest {survey_id}")
-        group.attrs.update({**attrs, "source_sha256": sha_future.result()})
+        moments = _run_copy(source, str(group.store.root), strips, client, desc=f"ingest {survey_id}")
+        group.attrs.update({**attrs, "band_statistics": moments, "source_sha256": sha_future.result()})
     status: Literal["ingested", "replaced"] = "replaced" if existing is not None else "ingested"
     return IngestResult(store.survey(survey_id), status)
 
@@ -365,7 +368,8 @@ def _affine6(gdal: Sequence[float]) -> tuple[float, ...]:
     return (a, b, c, d, e, f)
 
 
-def _run_copy(source: _Source, staging: str, strips, client, desc: str) -> None:
+def _run_copy(source: _Source, staging: str, strips, client, desc: str) -> dict:
+    """Copy every strip (on ``client``'s workers, or here); the survey's band statistics."""
 
     if client is None:
         results = []
@@ -388,3 +392,4 @@ def _run_copy(source: _Source, staging: str, strips, client, desc: str) -> None:
             f"file is truncated or corrupt: copy it again from its source. Nothing was written "
             f"to the store"
         )
+    return moments_summary(merge_moments(results), source.band_names)

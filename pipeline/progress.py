@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "wait_with_progress"]
+__all__ = ["progress_bar", "wait_with_progress", "EpochBar"]
 
 
 def progress_bar(total: int, desc: str, unit: str = "task", disable: bool | None = None):
@@ -36,3 +36,21 @@ def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk") -> lis
                 future.cancel()
             raise
     return [future.result() for future in futures]
+
+
+class EpochBar:
+    """One progress bar over the epochs of a training, showing the training loss and the
+    validation metric; pass it as ``ann.train.fit``'s ``callback``."""
+
+    def __init__(self, total: int, desc: str, metric: str, disable: bool | None = None) -> None:
+        self.bar = progress_bar(total, desc, unit="epoch", disable=disable)
+        self.metric = metric
+
+    def __call__(self, record) -> None:
+        value = record.get(f"val_{self.metric}")
+        self.bar.set_postfix(loss=f"{record.get('train_loss', float('nan')):.4f}",
+                             **{self.metric: f"{value:.3f}" if value is not None else "n/a"}, refresh=False)
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -90,6 +90,7 @@ class Survey:
     chunk_edge: int
     zarr_path: Path
     ingested_at: str
+    band_statistics: dict | None = None  # mean, std, covariance of the bands (pipeline.bands), from ingest
 
     @property
     def group_path(self) -> str:
@@ -341,4 +342,5 @@ def _survey_from_attrs(survey_id: str, attrs: dict, zarr_path: Path) -> Survey:
         chunk_edge=int(attrs["chunk_edge"]),
         zarr_path=zarr_path,
         ingested_at=attrs["ingested_at"],
+        band_statistics=attrs.get("band_statistics"),
     )

@@ -35,6 +35,8 @@ from typing import Any
 import numpy as np
 
 from ann import metrics
+from ann.convnet import DEFAULT_BATCH_SIZE as CNN_BATCH_SIZE
+from ann.convnet import DEFAULT_MICRO_BATCH as CNN_MICRO_BATCH
 from ann.errors import ConfigError
 from ann.io import Classifier, save_model
 from ann.network import MLP
@@ -55,22 +57,41 @@ from pipeline.examples import (
 )
 from pipeline.features import get_spec
 from pipeline.files import jsonable
-from pipeline.progress import progress_bar
+from pipeline.pixels import ground_resolution_m
+from pipeline.progress import EpochBar
 from pipeline.store import Store
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE
+from pipeline.train_cnn import train_cnn
+from pipeline.windows import WindowSettings
 
 __all__ = ["TrainingSettings", "choose_threshold", "TrainingReport", "train_model"]
 
-#: The optimizer and stopping rules of a training unless told otherwise (the command line's
-#: defaults too).
-DEFAULT_CONFIG = TrainConfig(
-    learning_rate=0.01,  # Adam's step: 0.01 suits the large default batches (1e-3 crawls)
-    batch_size=131072,  # global batch: the whole training set of most surveys, so each step is
-    # one full-batch step and Dask's exchange stays ~0.1 of a step (benchmarks/README.md)
-    class_weight="balanced",  # dams are rare: weigh them up so both classes count equally
-    patience=20,  # epochs without a better validation metric before stopping
-    max_epochs=200,  # hard stop
-)
+MODEL_TYPES = ("cnn", "classic")
+#: The optimizer and stopping rules of each model family unless told otherwise (the command
+#: line's defaults too).
+DEFAULT_CONFIGS = {
+    "classic": TrainConfig(
+        learning_rate=0.01,  # Adam's step: 0.01 suits the large default batches (1e-3 crawls)
+        batch_size=131072,  # global batch: the whole training set of most surveys, so each step is
+        # one full-batch step and Dask's exchange stays ~0.1 of a step (benchmarks/README.md)
+        class_weight="balanced",  # dams are rare: weigh them up so both classes count equally
+        patience=20,  # epochs without a better validation metric before stopping
+        max_epochs=200,  # hard stop
+    ),
+    "cnn": TrainConfig(
+        learning_rate=2e-3,  # Adam; measured on the demo's validation band (see DEFAULT_TRAINING of flows.demo)
+        batch_size=CNN_BATCH_SIZE,  # windows per step over all workers: the exchange <= ~10 % of a step on 2
+        augment="d4",  # each window under a seeded one of the 8 symmetries of the square
+        sampling="balanced",  # half of each step's windows positive: targets are rare
+        class_weight=None,  # balanced sampling already weighs the classes
+        l2=1e-4,
+        metric="average_precision",  # of the validation windows: the ranking is what detection uses
+        max_epochs=30,
+        patience=6,
+    ),
+}
+DEFAULT_CONFIG = DEFAULT_CONFIGS["classic"]
+_FAMILY_MICRO_BATCH = {"classic": 512, "cnn": CNN_MICRO_BATCH}
 
 
 @dataclass(frozen=True)
@@ -78,48 +99,79 @@ class TrainingSettings:
     """Everything that defines a training besides its data (nanoGPT-style: one frozen value).
 
     Build it from plain data with :meth:`from_dict` (unknown keys are refused, nested
-    ``holdout`` and ``config`` dicts fill in the defaults they do not name); :meth:`to_dict`
-    gives it back, e.g. for a run's fingerprint.
+    ``holdout``, ``windows`` and ``config`` dicts fill in the defaults they do not name);
+    :meth:`to_dict` gives it back, e.g. for a run's fingerprint. Fields marked *classic* or
+    *cnn* apply to that model family only.
     """
 
+    model_type: str = "cnn"  # "cnn" (the detector over pixels) or "classic" (dense net over tile features)
+    config: TrainConfig | None = None  # optimizer, global batch, stopping rules, seed (None: the family's default)
+    labels: str = "default"  # the stored label set trained on when no truth file is given
+    size: int = DEFAULT_TILE_SIZE  # tile edge, pixels (classic; cnn: of the stored label set)
+    stride: int = TRAINING_STRIDE  # pixels between tiles (classic; cnn: of the stored label set)
+    n_shards: int = 8  # fixed shards of the training set (a multiple of the worker counts used)
+    micro_batch: int | None = None  # examples per gradient call inside a shard (None: 512 classic, 64 cnn)
+    target_precision: float | None = None  # choose the threshold for this validation precision
+    target_recall: float | None = None  # ... or this validation recall (default: best F1)
+    # classic
     spec: str = "default"  # feature spec of the inputs (pipeline.features.SPECS)
-    labels: str = "default"  # the stored label set to train on (`damwatch labels --name`)
-    size: int = DEFAULT_TILE_SIZE  # tile edge, pixels
-    stride: int = TRAINING_STRIDE  # pixels between training tiles (= size: independent tiles)
     hidden: tuple[int, ...] = (64, 32)  # hidden layer sizes of the dense network
     activation: str = "relu"  # activation of the hidden layers
     symmetries: bool = True  # train on each tile's 8 mirrored and rotated versions
     holdout: HoldOut = HoldOut()  # the training | validation | test regions
-    config: TrainConfig = DEFAULT_CONFIG  # optimizer, global batch, stopping rules, seed
-    n_shards: int = 8  # fixed shards of the training set (a multiple of the worker counts used)
-    micro_batch: int = 512  # examples per gradient computation inside a shard (bounds memory)
-    target_precision: float | None = None  # choose the threshold for this validation precision
-    target_recall: float | None = None  # ... or this validation recall (default: best F1)
+    # cnn
+    bands: tuple[str, ...] | None = None  # input bands by name (None: all the survey's); gray added with RGB
+    gsd_m: float = 2.0  # ground sample distance the model works at, metres per pixel
+    window: int = 48  # window edge, pixels at gsd_m (96 m at 2 m): the receptive field (38 px) and two output cells
+    layers: tuple[dict, ...] | None = None  # the network (None: ann.convnet.DEFAULT_LAYERS)
+    normalization: str = "survey"  # each channel standardized by its survey's own statistics first
+    windows: WindowSettings = WindowSettings()  # how training windows are placed
+    mining_rounds: int = 1  # rounds of hard negatives (false peaks of the training band) and more training
+    mining_epochs: int = 8  # most epochs of each hard-negative round
+    mining_per_positive: float = 1.0  # hard negatives per positive window, per round
+    calibrate: bool = True  # Platt scaling of the probabilities on the validation band
 
     def __post_init__(self) -> None:
-        for name in ("size", "stride", "n_shards", "micro_batch"):
+        if self.model_type not in MODEL_TYPES:
+            raise InputError(f"model type {self.model_type!r} is unknown; choose --model-type cnn or --model-type classic")
+        if self.config is None:
+            object.__setattr__(self, "config", DEFAULT_CONFIGS[self.model_type])
+        if self.micro_batch is None:
+            object.__setattr__(self, "micro_batch", _FAMILY_MICRO_BATCH[self.model_type])
+        for name in ("size", "stride", "n_shards", "micro_batch", "window", "mining_epochs"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
                 raise InputError(f"training setting {name}={value!r} must be a positive whole number")
+        if self.mining_rounds < 0 or not self.mining_per_positive >= 0:
+            raise InputError("mining_rounds and mining_per_positive must be >= 0")
         if self.stride > self.size:
             raise InputError(f"training stride {self.stride} is larger than the tile size {self.size}; use a stride <= {self.size}")
         if not self.hidden or any(isinstance(h, bool) or not isinstance(h, (int, np.integer)) or h < 1 for h in self.hidden):
             raise InputError(f"hidden layer sizes {list(self.hidden)!r} must be positive whole numbers, e.g. 64,32")
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if self.bands is not None:
+            object.__setattr__(self, "bands", tuple(self.bands))
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(dict(layer) for layer in self.layers))
+        if not (isinstance(self.gsd_m, (int, float)) and 0 < self.gsd_m < 1e4):
+            raise InputError(f"ground sample distance {self.gsd_m!r} must be a positive number of metres per pixel, e.g. --gsd 2")
         if self.target_precision is not None and self.target_recall is not None:
             raise InputError("give a target precision or a target recall for the threshold, not both")
         for name in ("target_precision", "target_recall"):
             value = getattr(self, name)
             if value is not None and not 0 < value <= 1:
                 raise InputError(f"training setting {name}={value!r} must be a fraction in (0, 1]")
-        if not isinstance(self.holdout, HoldOut) or not isinstance(self.config, TrainConfig):
-            raise ConfigError("TrainingSettings.holdout must be a HoldOut and .config a TrainConfig (use from_dict)")
+        if not isinstance(self.holdout, HoldOut) or not isinstance(self.config, TrainConfig) or not isinstance(self.windows, WindowSettings):
+            raise ConfigError("TrainingSettings.holdout, .windows and .config must be a HoldOut, WindowSettings and TrainConfig (use from_dict)")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         d["hidden"] = list(self.hidden)
         d["holdout"] = asdict(self.holdout)
+        d["windows"] = asdict(self.windows)
         d["config"] = self.config.to_dict()
+        d["bands"] = None if self.bands is None else list(self.bands)
+        d["layers"] = None if self.layers is None else [dict(layer) for layer in self.layers]
         return d
 
     @classmethod
@@ -129,10 +181,15 @@ class TrainingSettings:
         unknown = sorted(set(d) - known)
         if unknown:
             raise InputError(f"unknown training settings {unknown}; known: {sorted(known)}")
+        family = d.get("model_type", "cnn")
+        if family not in MODEL_TYPES:
+            raise InputError(f"model type {family!r} is unknown; choose --model-type cnn or --model-type classic")
         if isinstance(d.get("holdout"), Mapping):
             d["holdout"] = HoldOut(**{**asdict(HoldOut()), **d["holdout"]})
+        if isinstance(d.get("windows"), Mapping):
+            d["windows"] = WindowSettings(**{**asdict(WindowSettings()), **d["windows"]})
         if isinstance(d.get("config"), Mapping):
-            d["config"] = TrainConfig.from_dict({**DEFAULT_CONFIG.to_dict(), **d["config"]})
+            d["config"] = TrainConfig.from_dict({**DEFAULT_CONFIGS[family].to_dict(), **d["config"]})
         if "hidden" in d:
             d["hidden"] = tuple(d["hidden"])
         return cls(**d)
@@ -183,65 +240,42 @@ class TrainingReport:
 
     model_id: str
     survey_ids: list[str]
-    counts: dict[str, dict[str, int]]
+    counts: dict[str, Any]
     columns: dict[str, dict[str, list[int]]]
     threshold: float
-    history: History
+    history: dict[str, Any]  # the last round's History.to_dict(); cnn: every round under "rounds"
     validation: dict[str, Any]
     test: dict[str, Any] | None
     plan: dict[str, int]
     workers: int
     seconds: float
     notes: list[str] = field(default_factory=list)
+    model_type: str = "classic"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (undefined metrics, NaN, become None)."""
-        d = asdict(self)
-        d["history"] = self.history.to_dict()
-        return jsonable(d)
-
-
-class _EpochBars:
-    """``on_step`` hook: one progress bar per epoch, showing the epoch's mean training loss so far."""
-
-    def __init__(self, steps: int, disable: bool | None = None) -> None:
-        self.steps, self.disable = steps, disable
-        self.bar = None
-        self.loss = self.count = 0.0
-
-    def __call__(self, epoch: int, step: int, loss_sum: float, count: int) -> None:
-        if step == 0:
-            self.close()
-            self.bar = progress_bar(self.steps, f"epoch {epoch + 1}", unit="step", disable=self.disable)
-            self.bar.leave = False  # one live bar at a time, not a line per epoch
-            self.loss = self.count = 0.0
-        self.loss += loss_sum
-        self.count += count
-        self.bar.set_postfix(loss=f"{self.loss / max(self.count, 1):.4f}", refresh=False)
-        self.bar.update(1)
-        if step == self.steps - 1:
-            self.close()
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
+        return jsonable(asdict(self))
 
 
 def train_model(
     store: Store,
     survey_ids: Sequence[str],
     settings: TrainingSettings = TrainingSettings(),
+    truth: Mapping[str, Any] | None = None,
+    where: Mapping[str, Any] | None = None,
     *,
     workers: int | None = None,
     cluster: str | None = None,
     client: Any = None,
     progress: bool | None = None,
 ) -> tuple[Classifier, str, TrainingReport]:
-    """Train a classifier on the labelled tiles of ``survey_ids``, evaluate it on the held-out region, save it.
+    """Train a model on ``survey_ids`` with ``settings``, evaluate it on held-out data, save it.
 
-    The features (``settings.spec``) and labels (``settings.labels``) must be in the store
-    (``damwatch features``, ``damwatch labels``). Where it runs: on ``client`` if given; else
+    A cnn model (:mod:`pipeline.train_cnn`) learns from ``truth`` (a truth GeoJSON dict read by
+    :func:`pipeline.truth.read_truth`, targets chosen by ``where``) or, without one, from the
+    stored label set ``settings.labels``. A classic model needs the surveys' features
+    (``settings.spec``) and labels in the store (``damwatch features``, ``damwatch labels``).
+    Where it runs: on ``client`` if given; else
     in this process when ``workers == 1`` and no cluster is configured; else on ``cluster`` /
     ``$DAMWATCH_CLUSTER`` or a local cluster of ``workers`` processes (default: one per core).
     The weights do not depend on that choice. ``progress``: one bar over the epochs (None:
@@ -257,6 +291,9 @@ def train_model(
         raise ConfigError(f"settings must be a pipeline.training.TrainingSettings, got {type(settings).__name__}")
     for survey_id in survey_ids:
         store.survey(survey_id)  # StoreError listing the known surveys if absent
+    if settings.model_type == "cnn":
+        return _train_cnn_model(store, survey_ids, settings, truth, where, started,
+                                workers=workers, cluster=cluster, client=client, progress=progress)
     s = settings
     config = s.config
     spec_obj = get_spec(s.spec)
@@ -286,12 +323,12 @@ def train_model(
     loader = StoreShardLoader(str(store.root), tuple(survey_ids), spec_dict, s.labels, s.holdout, s.stride, s.size,
                               plan, class_weights, s.symmetries)
     net = MLP(spec_obj.n_features, s.hidden, s.activation, seed=config.seed)
-    bars = _EpochBars(plan.steps_per_epoch(), disable=None if progress is None else not progress)
+    bar = EpochBar(config.max_epochs, "train classic", config.metric, disable=None if progress is None else not progress)
 
     X_val_raw = read_examples(store, survey_ids, spec_dict, s.stride, s.size, val)
 
     def run(source) -> History:
-        return fit(net, source, source.standardizer.transform(X_val_raw, net.dtype), val.label, config)
+        return fit(net, source, source.standardizer.transform(X_val_raw, net.dtype), val.label, config, callback=bar)
 
     address = cluster_address(cluster) if client is None else None
     try:
@@ -299,7 +336,7 @@ def train_model(
             from ann.parallel import DaskGradientSource  # dask and distributed: ~1.3 s, only here
 
             def on_cluster(c) -> tuple[History, Any, int]:
-                with DaskGradientSource(c, loader, plan, net, on_step=bars) as source:
+                with DaskGradientSource(c, loader, plan, net) as source:
                     return run(source), source.standardizer, sum(c.nthreads().values())
 
             if client is not None:
@@ -311,10 +348,10 @@ def train_model(
             from threadpoolctl import threadpool_limits
 
             with threadpool_limits(1):  # one worker = one core, and the same BLAS path as a Dask worker
-                source = ShardedSource(loader, plan, net, on_step=bars)
+                source = ShardedSource(loader, plan, net)
                 history, standardizer, n_workers = run(source), source.standardizer, 1
     finally:
-        bars.close()
+        bar.close()
 
     p_val = net.predict_proba(standardizer.transform(X_val_raw, net.dtype))
     threshold = choose_threshold(val.label, p_val, s.target_precision, s.target_recall)
@@ -339,6 +376,7 @@ def train_model(
             "activation": s.activation,
             "symmetries": bool(s.symmetries),
             "workers": n_workers,
+            "gsd_m": ground_resolution_m(surveys[0]),
         },
         "history": history.summary(),
         "threshold_rule": ("precision", s.target_precision) if s.target_precision is not None
@@ -349,7 +387,22 @@ def train_model(
     model_id = save_model(clf, store.models_dir)
     report = TrainingReport(
         model_id=model_id, survey_ids=survey_ids, counts=counts, columns=columns, threshold=threshold,
-        history=history, validation=validation, test=test_report, plan=plan.to_dict(), workers=n_workers,
+        history=history.to_dict(), validation=validation, test=test_report, plan=plan.to_dict(), workers=n_workers,
         seconds=time.perf_counter() - started, notes=notes,
+    )
+    return clf, model_id, report
+
+
+def _train_cnn_model(store, survey_ids, settings, truth, where, started, **where_to_run) -> tuple[Classifier, str, TrainingReport]:
+    clf, r = train_cnn(store, survey_ids, settings, truth, where, **where_to_run)
+    model_id = save_model(clf, store.models_dir)
+    last = r["rounds"][-1]
+    history = {k: v for k, v in last.items() if k in ("metric", "epochs", "best_epoch", "stop_reason")}
+    history["rounds"] = r["rounds"]
+    report = TrainingReport(
+        model_id=model_id, survey_ids=list(survey_ids), counts=r["counts"], columns={}, threshold=r["threshold"],
+        history=history, validation=r["validation"], test=None, plan=last["plan"], workers=last["workers"],
+        seconds=time.perf_counter() - started, model_type="cnn",
+        notes=[f"calibration: {r['calibration']}" if r["calibration"] else "no calibration (validation band lacked both outcomes)"],
     )
     return clf, model_id, report

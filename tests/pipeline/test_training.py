@@ -155,8 +155,8 @@ def _held_out_reference(store, ids, clf, region):
 
 def test_train_model_in_process_and_on_dask_agree_and_report_held_out_metrics(naip_store, dask_client):
     store, ids = naip_store
-    settings = TrainingSettings(spec="rgbn", labels=LABELS, size=SIZE, stride=SIZE, hidden=(16,), micro_batch=64,
-                                config=TrainConfig(max_epochs=8, learning_rate=0.01, class_weight="balanced", batch_size=256))
+    settings = TrainingSettings(model_type="classic", spec="rgbn", labels=LABELS, size=SIZE, stride=SIZE, hidden=(16,),
+                                micro_batch=64, config=TrainConfig(max_epochs=8, learning_rate=0.01, class_weight="balanced", batch_size=256))
     clf1, id1, report1 = train_model(store, ids, settings, workers=1)
     clf2, id2, report2 = train_model(store, ids, settings, client=dask_client)
     assert (report1.workers, report2.workers) == (1, 2)
@@ -175,20 +175,20 @@ def test_train_model_in_process_and_on_dask_agree_and_report_held_out_metrics(na
         assert got[key] == pytest.approx(want[key], abs=1e-6), key
     assert got["accuracy"] > 0.7  # open water is learnable from these features
     assert saved.metadata["metrics"]["test"]["accuracy"] == pytest.approx(got["accuracy"])
-    assert len(report1.history.epochs) == 8 and report1.history.stop_reason == "max_epochs"
+    assert len(report1.history["epochs"]) == 8 and report1.history["stop_reason"] == "max_epochs"
 
 
 def test_train_command(naip_store, tmp_path, prefect, capsys):
     store, ids = naip_store
     report_path = tmp_path / "report.json"
-    common = ["--store", str(store.root), "--spec", "rgbn", "--labels", LABELS, "--tile-size", str(SIZE),
+    common = ["--store", str(store.root), "--model-type", "classic", "--spec", "rgbn", "--labels", LABELS, "--tile-size", str(SIZE),
               "--stride", str(SIZE)]
     code = main(["train", "--survey", ids[0], "--survey", ids[1], *common, "--workers", "1",
                  "--epochs", "3", "--batch-size", "512", "--report", str(report_path)])
     out = capsys.readouterr().out
     assert code == 0, out
     report = json.loads(report_path.read_text())
-    assert f"trained model {report['model_id']}" in out
+    assert f"trained classic model {report['model_id']}" in out
     assert (store.models_dir / f"{report['model_id']}.json").is_file()
     assert len(report["history"]["epochs"]) == 3
     assert "held-out test region" in out
