@@ -1,88 +1,114 @@
-"""Detection: a trained model's probability for every tile of a survey.
+"""Detection: a model's probability at every place of a survey, as a map.
 
-A *prediction grid* holds one probability per tile of a survey's tile grid (see
-:mod:`pipeline.tiling`; the detection default is a half-tile stride of 64 px, so an object cut
-by one tile's edge is whole in a neighbour). Detection:
+A *probability map* (:class:`ProbabilityMap`) holds, for each *output cell* of a survey, the
+model's probability that the window centred on the cell holds a target. Two model families
+make it:
 
-1. takes the model's own feature spec and tile size (a model refuses features made with
-   another spec) and checks that the survey has the bands the spec needs;
-2. reuses the survey's features for that spec and grid if the store has them, else computes
-   them (:func:`pipeline.features.compute_features`);
-3. scores the tiles in parallel with Dask: one task per block of tile rows (at least ~100 ms of
-   work each), each reading its features from Zarr, standardizing them with the model's
-   training statistics and running the network forward;
-4. stores the probabilities at ``predictions/<model_id>/<survey_id>`` in the store: a
-   (tile_row, tile_col) float32 array, NaN where a tile was not scored (less than
-   ``min_valid`` of its pixels are valid), with the grid, spec, model threshold and survey
-   hash as attributes (:meth:`pipeline.store.Store.new_group`: an interrupted run never
-   leaves a prediction grid that looks complete).
+- **cnn** (the default detector, :mod:`ann.convnet`): the survey is read at the model's ground
+  resolution (:mod:`pipeline.pixels`) and scored *fully convolutionally*: each Dask task reads a
+  block of the survey plus a halo as wide as the window, runs the network over it once, and
+  writes a probability at every output cell of the block — ``S`` model pixels apart, the
+  network's total stride. Cell (i, j) is the window of ``W`` pixels whose top-left pixel is
+  (i S − P, j S − P), P = (W − S) / 2, so its centre is the cell's centre: the map's cells tile
+  the survey exactly (no overhang). Overlapping windows share their work, and the result equals
+  scoring each window on its own (no seam at block borders: every cell's window is read whole
+  by the task that writes it). A cell whose window is less than half valid is nodata (NaN).
+- **classic** (the dense network over per-tile features, :mod:`pipeline.features`): tiles of
+  the model's size every ``stride`` pixels are scored, and each map cell of ``stride`` pixels
+  takes the mean probability of the scored tiles containing its centre (:mod:`pipeline.maps`).
+  Classic models read tiles in survey pixels, so a survey at another ground resolution is
+  refused.
 
-Predictions already stored for the same model, survey content and grid are reused.
+Maps are stored at ``predictions/<model_id>/<survey_id>/<grid>``, where ``<grid>`` names the
+output grid (``gsd2m_cell8px``, ``size128_stride64``): a second detection at another setting
+never replaces the first. A map already stored for the same model, survey content and grid is
+reused. Tasks write their own Zarr chunks, so memory depends on the block size and the
+number of workers, never on the survey's size.
+
+A model's probabilities may be *calibrated* (:data:`CALIBRATION`, fitted on validation data at
+training): the network's output p becomes ``sigmoid(a · logit(p) + b)``, which keeps the order
+of the probabilities (so every detection and ranking) and makes a reported 0.8 come true about
+80 % of the time.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from affine import Affine
+from rasterio.crs import CRS
 
 from ann.io import Classifier, load_model
 from pipeline.blocks import compute_tasks
 from pipeline.errors import InputError, StoreError
 from pipeline.features import FeatureSpec, compute_features
+from pipeline.maps import probability_map
+from pipeline.pixels import InputSpec, channel_statistics, ground_resolution_m, read_channels, reading_for
 from pipeline.tiling import DEFAULT_TILE_SIZE, DETECTION_STRIDE, TileGrid
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.store import Store
+    from pipeline.store import Store, Survey
 
 __all__ = [
-    "DETECTION_STRIDE",
+    "MODEL_TYPES",
     "MIN_VALID_FRACTION",
-    "Predictions",
+    "ProbabilityMap",
     "resolve_model",
-    "model_tile_size",
+    "check_model_type",
+    "check_model_input",
     "model_spec",
-    "check_model_bands",
-    "score_tiles",
+    "model_tile_size",
+    "calibrate",
     "detect_survey",
-    "predictions_path",
-    "save_predictions",
-    "open_predictions",
+    "open_probability_map",
+    "stored_maps",
+    "window_valid_share",
 ]
 
-#: Tiles with less than this fraction of valid pixels are not scored (NaN), as in training.
+MODEL_TYPES = ("cnn", "classic")
+#: A cell (or tile) whose window has less than this share of valid pixels is not scored.
 MIN_VALID_FRACTION = 0.5
-#: Tiles per scoring task: ~16k tiles x ~1,100 float32 features is ~70 MB read and a few
-#: hundred ms of work per task (DESIGN decision 6: every task carries >= ~100 ms).
+#: Model pixels along a cnn scoring task's block (about one 1024-px Zarr chunk at 1 m read at
+#: 2 m, plus the halo): ~0.5-1 s of forward pass per task (DESIGN decision 6).
+BLOCK_PIXELS = 1024
+#: Tiles per classic scoring task: ~16k tiles x ~1,100 float32 features is ~70 MB read.
 TILES_PER_TASK = 16384
+CALIBRATION = "calibration"  # key of the calibration (a, b) in a cnn model's input description
 
 
 @dataclass(frozen=True)
-class Predictions:
-    """The probability of each tile of one survey under one model.
+class ProbabilityMap:
+    """One survey's probabilities under one model on one output grid.
 
-    ``probabilities`` (n_rows, n_cols) float32 in [0, 1], NaN where the tile was not scored;
-    ``grid`` the survey's :class:`~pipeline.tiling.TileGrid`; ``threshold`` the model's
-    decision threshold; ``spec`` the feature spec (dict) the model was trained with.
+    ``values`` (h, w) float32 in [0, 1], NaN where not scored, on ``transform`` / ``crs``
+    (cells of ``cell_m`` metres); ``footprint_m`` is the model's window (or tile) edge in
+    metres; ``reading`` says how the survey was read (its resampling, for provenance).
     """
 
     survey_id: str
     model_id: str
-    probabilities: np.ndarray
-    grid: TileGrid
+    model_type: str
+    grid: str
+    values: np.ndarray
+    transform: Affine
+    crs: CRS
     threshold: float
+    footprint_m: float
+    cell_m: float
+    reading: dict
     spec: dict
 
     @property
     def path(self) -> str:
-        """Where the store keeps it: ``predictions/<model_id>/<survey_id>``."""
-        return predictions_path(self.model_id, self.survey_id)
+        return f"predictions/{self.model_id}/{self.survey_id}/{self.grid}"
 
-
-def predictions_path(model_id: str, survey_id: str) -> str:
-    return f"predictions/{model_id}/{survey_id}"
+    @property
+    def scored_area_km2(self) -> float:
+        return float(np.isfinite(self.values).sum()) * self.cell_m**2 / 1e6
 
 
 # --------------------------------------------------------------------------------------------
@@ -115,28 +141,33 @@ def resolve_model(store: "Store", model: Any) -> Classifier:
     )
 
 
-def _model_id(classifier: Any) -> str:
-    model_id = getattr(classifier, "model_id", None)
-    if not model_id:
+def _model_id(classifier: Classifier) -> str:
+    if not classifier.model_id:
         raise InputError(
             "the model has no id: save it first (ann.io.save_model(classifier, store.models_dir)) so "
             "that predictions and maps can name the model that made them"
         )
-    return str(model_id)
+    return str(classifier.model_id)
 
 
-def model_spec(classifier: Any):
-    """The :class:`~pipeline.features.FeatureSpec` a model was trained with."""
+def check_model_type(classifier: Classifier, wanted: str | None) -> None:
+    """Refuse a model of another family than ``wanted`` (``--model-type``); None accepts any."""
+    if wanted is None or classifier.model_type == wanted:
+        return
+    raise InputError(
+        f"model {classifier.model_id} is a {classifier.model_type} model but --model-type {wanted} was asked "
+        f"for; give a {wanted} model (damwatch train --model-type {wanted}) or drop --model-type"
+    )
+
+
+def model_spec(classifier: Classifier) -> FeatureSpec:
+    """The :class:`~pipeline.features.FeatureSpec` a classic model was trained with."""
     return FeatureSpec.from_dict(dict(classifier.feature_spec))
 
 
-def model_tile_size(classifier: Any) -> int:
-    """Tile edge (pixels) the model was trained on, from its metadata, else the default 128.
-
-    ``pipeline.training`` records it as ``metadata["training"]["tile_size"]``; a top-level
-    ``tile_size`` (hand-made models) is read too.
-    """
-    meta = dict(getattr(classifier, "metadata", {}) or {})
+def model_tile_size(classifier: Classifier) -> int:
+    """Tile edge (pixels) a classic model was trained on (its metadata), else the default 128."""
+    meta = dict(classifier.metadata or {})
     training = meta.get("training") if isinstance(meta.get("training"), dict) else {}
     for source in (training, meta):
         if source.get("tile_size") is not None:
@@ -144,147 +175,230 @@ def model_tile_size(classifier: Any) -> int:
     return DEFAULT_TILE_SIZE
 
 
-def check_model_bands(classifier: Any, survey: Any) -> None:
-    """Refuse a survey that lacks a band the model's feature spec is computed from."""
-    spec = model_spec(classifier)
-    missing = [b for b in spec.bands if b not in survey.bands]
+def _classic_gsd_m(classifier: Classifier) -> float | None:
+    training = (classifier.metadata or {}).get("training") or {}
+    return training.get("gsd_m")
+
+
+def _check_bands(name: str, needs: str, bands: Sequence[str], survey: "Survey", retrain: str) -> None:
+    missing = [b for b in bands if b not in survey.bands]
     if missing:
         raise InputError(
-            f"model {getattr(classifier, 'model_id', '?')} was trained on feature spec {spec.id}, which "
-            f"needs bands {list(spec.bands)}, but survey {survey.id} has bands {list(survey.bands)} "
-            f"(missing: {', '.join(missing)}); use a model trained on a spec this survey's bands allow, "
-            f"or ingest the survey with its band names (damwatch ingest --bands)"
+            f"model {name} {needs} {list(bands)}, but survey {survey.id} has bands {list(survey.bands)} "
+            f"(missing: {', '.join(missing)}); use a model trained on {retrain}, or ingest the "
+            f"survey naming its bands (damwatch ingest --bands)"
         )
+
+
+def check_model_input(classifier: Classifier, survey: "Survey") -> dict:
+    """Refuse a survey the model cannot read (a missing band, a too coarse or, for a classic
+    model, another ground resolution); return how the survey will be read (for provenance)."""
+    name = classifier.model_id or "(unsaved)"
+    if classifier.model_type == "cnn":
+        spec = InputSpec.from_dict(classifier.feature_spec)
+        _check_bands(name, "reads bands", spec.bands, survey, "bands this survey has (damwatch train --bands ...)")
+        return reading_for(survey, spec.gsd_m).to_dict()  # InputError for a survey > 2 x coarser
+    spec = model_spec(classifier)
+    _check_bands(name, f"was trained on feature spec {spec.id}, which needs bands", spec.bands, survey,
+                 "a feature spec using only bands this survey has")
+    gsd, here = _classic_gsd_m(classifier), ground_resolution_m(survey)
+    if gsd is not None and abs(here / gsd - 1) > 0.01:
+        raise InputError(
+            f"model {name} is a classic model trained on {gsd:g} m pixels; survey {survey.id} has {here:.3g} m "
+            f"pixels, and classic models read tiles in survey pixels. Use a cnn model (it reads any survey at "
+            f"its own resolution) or a survey at {gsd:g} m"
+        )
+    return {"survey": survey.id, "survey_gsd_m": here, "method": "none (classic model: survey pixels)"}
+
+
+def calibrate(z: np.ndarray, calibration: dict | None) -> np.ndarray:
+    """Probabilities from the network's logits ``z``: ``sigmoid(a · z + b)`` with the model's
+    calibration {"a", "b"}, ``sigmoid(z)`` without one. NaN stays NaN. Computed in float64 and
+    rounded once, so that only probabilities within float32's resolution of 1 become 1."""
+    z = np.asarray(z, np.float64)
+    if calibration:
+        z = calibration["a"] * z + calibration["b"]
+    with np.errstate(over="ignore"):
+        return (1 / (1 + np.exp(-z))).astype(np.float32)
 
 
 # --------------------------------------------------------------------------------------------
 # Scoring
 
 
-def score_tiles(classifier: Any, values: np.ndarray, valid_fraction: np.ndarray, min_valid: float = MIN_VALID_FRACTION) -> np.ndarray:
-    """Probabilities (n, m) float32 of a block of tiles, NaN where not scored.
+def _cnn_grid(classifier: Classifier, survey: "Survey") -> dict:
+    """The output grid of a cnn model on a survey: cells of S model pixels, the halo P."""
+    spec = InputSpec.from_dict(classifier.feature_spec)
+    reading = reading_for(survey, spec.gsd_m)
+    S, W = int(classifier.network.total_stride), int(spec.window)
+    P = (W - S) // 2
+    rows, cols = reading.height // S, reading.width // S
+    if rows < 1 or cols < 1:
+        raise InputError(
+            f"survey {survey.id} is {reading.height} x {reading.width} pixels at the model's {spec.gsd_m:g} m: "
+            f"smaller than one {S}-pixel output cell; give a larger survey"
+        )
+    return {
+        "spec": spec, "reading": reading, "S": S, "W": W, "P": P, "shape": (rows, cols),
+        "transform": reading.transform * Affine.scale(S),
+        "key": f"gsd{spec.gsd_m:g}m_cell{S}px",
+    }
 
-    ``values`` (n, m, F) raw features; ``valid_fraction`` (n, m). The classifier standardizes
-    the scored tiles' features with its training statistics, then runs its network forward:
-    exactly ``Classifier.predict_proba``, so stored probabilities equal what the model file
-    gives anywhere else. (Its float64 standardization costs several times the forward pass
-    itself; see benchmarks/detect.py.)
-    """
-    values = np.asarray(values)
-    keep = (np.asarray(valid_fraction) >= min_valid) & (np.asarray(valid_fraction) > 0)
-    out = np.full(keep.shape, np.nan, dtype=np.float32)
-    if keep.any():
-        out[keep] = classifier.predict_proba(values[keep])  # (N, F) -> (N,)
-    return out
+
+def window_valid_share(valid: np.ndarray, S: int, W: int, n_rows: int, n_cols: int) -> np.ndarray:
+    """Share of valid pixels in each cell's window: windows of W pixels every S pixels."""
+    sat = np.zeros((valid.shape[0] + 1, valid.shape[1] + 1), np.float64)
+    sat[1:, 1:] = valid.cumsum(0).cumsum(1)
+    r = np.arange(n_rows) * S
+    c = np.arange(n_cols) * S
+    r0, r1, c0, c1 = r[:, None], r[:, None] + W, c[None, :], c[None, :] + W
+    return (sat[r1, c1] - sat[r0, c1] - sat[r1, c0] + sat[r0, c0]) / (W * W)
 
 
-def _score_rows(values: Any, valid_fraction: np.ndarray, r0: int, r1: int, classifier: Any, min_valid: float) -> np.ndarray:
+def _score_cnn_block(survey: "Survey", classifier: Classifier, grid: dict, stats: Any, out_path: str,
+                     i0: int, i1: int, j0: int, j1: int) -> None:
+    """One Dask task: read cells [i0, i1) × [j0, j1)'s windows (block + halo), score, write."""
+    import zarr  # on the worker
+
+    S, W, P = grid["S"], grid["W"], grid["P"]
+    h, w = (i1 - i0 - 1) * S + W, (j1 - j0 - 1) * S + W
+    x, valid = read_channels(survey, grid["reading"], grid["spec"], i0 * S - P, j0 * S - P, h, w, stats)
+    z = classifier.score_map(x, W, logits=True)  # (i1 - i0, j1 - j0): window (a, b) at pixel (a S, b S) of the block
+    share = window_valid_share(valid, S, W, i1 - i0, j1 - j0)
+    p = np.where(share >= MIN_VALID_FRACTION, calibrate(z, classifier.feature_spec.get(CALIBRATION)), np.nan)
+    zarr.open_array(out_path, mode="r+")[i0:i1, j0:j1] = p.astype(np.float32)
+
+
+def _score_classic_rows(values: Any, valid_fraction: np.ndarray, r0: int, r1: int, classifier: Classifier) -> np.ndarray:
     """One Dask task: read tile rows [r0, r1) of the features from Zarr and score them."""
     block = np.asarray(values[r0:r1])  # (r1 - r0, n_cols, F)
-    return score_tiles(classifier, block, valid_fraction, min_valid)
+    keep = (valid_fraction >= MIN_VALID_FRACTION) & (valid_fraction > 0)
+    out = np.full(keep.shape, np.nan, dtype=np.float32)
+    if keep.any():
+        out[keep] = classifier.predict_proba(block[keep])  # (N, F) -> (N,)
+    return out
 
 
 def detect_survey(
     store: "Store",
     survey_id: str,
     model: Any,
-    stride: int = DETECTION_STRIDE,
+    stride: int | None = None,
     client: Any = None,
-    min_valid: float = MIN_VALID_FRACTION,
     reuse: bool = True,
-) -> Predictions:
-    """Score every tile of ``survey_id`` with ``model`` and store the probabilities.
+) -> ProbabilityMap:
+    """The probability map of ``survey_id`` under ``model`` (rules: the module docstring).
 
-    ``model`` is a :class:`ann.io.Classifier`, a model id in the store or a model file path;
-    ``stride`` in pixels (the tile size is the model's). Runs on ``client``, else on the
-    default Dask client, else on local threads. Returns the :class:`Predictions` (also
-    stored at ``predictions/<model_id>/<survey_id>``); stored ones for the same model, survey
-    content and grid are returned as they are unless ``reuse=False``.
+    ``model``: a :class:`ann.io.Classifier`, a model id in the store or a model file path.
+    ``stride``: pixels between a classic model's tiles (default 64; a cnn model's output grid
+    is its own). Runs on ``client``, else on the default Dask client, else on local threads.
+    The map is stored (see the module docstring) and returned; one already stored for the same
+    model, survey content and grid is returned as it is unless ``reuse=False``.
     """
     import dask  # here, not at the top: the command line imports this module to check its input
 
     classifier = resolve_model(store, model)
     model_id = _model_id(classifier)
     survey = store.survey(survey_id)
-    check_model_bands(classifier, survey)
-    spec = model_spec(classifier)
-    size = model_tile_size(classifier)
-    grid = TileGrid.for_survey(survey, size=size, stride=int(stride))
-    if reuse:
-        try:
-            stored, attrs = _open(store, model_id, survey_id)
-            if stored.grid == grid and attrs.get("source_sha256") == survey.source_sha256 and attrs.get("min_valid") == min_valid:
-                return stored
-        except StoreError:
-            pass
+    reading = check_model_input(classifier, survey)
+    if classifier.model_type == "cnn":
+        grid = _cnn_grid(classifier, survey)
+        key, shape, transform = grid["key"], grid["shape"], grid["transform"]
+        footprint, cell = grid["spec"].footprint_m, grid["S"] * grid["spec"].gsd_m
+    else:
+        size, stride = model_tile_size(classifier), int(stride or DETECTION_STRIDE)
+        tiles = TileGrid.for_survey(survey, size=size, stride=stride)
+        key, gsd = f"size{size}_stride{stride}", ground_resolution_m(survey)
+        footprint, cell = size * gsd, stride * gsd
+    path = f"predictions/{model_id}/{survey_id}/{key}"
+    if reuse and store.is_complete(path):
+        stored = open_probability_map(store, model_id, survey_id, key)
+        if store.open_group(path).attrs.get("source_sha256") == survey.source_sha256:
+            return stored
 
-    features = compute_features(store, survey_id, spec, stride=int(stride), size=size, client=client)
-    classifier.check_feature_spec(features.spec.to_dict())
-    n_rows, n_cols = grid.shape
-    rows_per_task = max(1, TILES_PER_TASK // max(1, n_cols))
+    attributes = {
+        "survey_id": survey_id, "model_id": model_id, "model_type": classifier.model_type, "grid": key,
+        "threshold": float(classifier.threshold), "footprint_m": float(footprint), "cell_m": float(cell),
+        "reading": reading, "spec": classifier.feature_spec, "crs_wkt": survey.crs.to_wkt(),
+        "source_sha256": survey.source_sha256,
+    }
     model_key = dask.delayed(classifier, name=f"model-{model_id}", pure=True)
-    tasks = []
-    for r0 in range(0, n_rows, rows_per_task):
-        r1 = min(n_rows, r0 + rows_per_task)
-        tasks.append(
-            dask.delayed(_score_rows, pure=True)(
-                features.values, features.valid_fraction[r0:r1], r0, r1, model_key, min_valid,
-                dask_key_name=f"score-{model_id}-{survey_id}-{r0}",
+    if classifier.model_type == "cnn":
+        stats = channel_statistics(survey, grid["spec"])
+        cells = max(8, BLOCK_PIXELS // grid["S"])
+        with store.new_group(path, {**attributes, "transform": list(transform)[:6]}) as group:
+            _create_map_array(group, shape, (cells, cells))
+            out_path = str(Path(group.store.root) / "probability")
+            tasks = [
+                dask.delayed(_score_cnn_block, pure=False)(
+                    survey, model_key, grid, stats, out_path, i0, min(i0 + cells, shape[0]), j0, min(j0 + cells, shape[1]),
+                    dask_key_name=f"score-{model_id}-{survey_id}-{i0}-{j0}",
+                )
+                for i0 in range(0, shape[0], cells) for j0 in range(0, shape[1], cells)
+            ]
+            compute_tasks(tasks, client, f"scoring {survey_id}")
+    else:
+        features = compute_features(store, survey_id, model_spec(classifier), stride=stride, size=size, client=client)
+        classifier.check_feature_spec(features.spec.to_dict())
+        rows_per_task = max(1, TILES_PER_TASK // max(1, tiles.n_cols))
+        tasks = [
+            dask.delayed(_score_classic_rows, pure=True)(
+                features.values, features.valid_fraction[r0 : r0 + rows_per_task], r0, min(tiles.n_rows, r0 + rows_per_task),
+                model_key, dask_key_name=f"score-{model_id}-{survey_id}-{r0}",
             )
-        )
-    blocks = compute_tasks(tasks, client, f"scoring {survey_id}")
-    probabilities = np.concatenate(blocks, axis=0) if blocks else np.full(grid.shape, np.nan, np.float32)
-    predictions = Predictions(survey_id, model_id, probabilities, grid, float(classifier.threshold), spec.to_dict())
-    save_predictions(store, predictions, {"source_sha256": survey.source_sha256, "min_valid": min_valid,
-                                          "features": features.path})
-    return predictions
+            for r0 in range(0, tiles.n_rows, rows_per_task)
+        ]
+        blocks = compute_tasks(tasks, client, f"scoring {survey_id}")
+        values, transform = probability_map(np.concatenate(blocks, axis=0), tiles, cell=stride)
+        values = values[: survey.height // stride, : survey.width // stride]  # whole cells only: no overhang
+        with store.new_group(path, {**attributes, "transform": list(transform)[:6], "tile_grid": tiles.to_dict()}) as group:
+            _create_map_array(group, values.shape, tuple(min(1024, n) for n in values.shape))[...] = values
+    return open_probability_map(store, model_id, survey_id, key)
+
+
+def _create_map_array(group: Any, shape: tuple[int, int], chunks: tuple[int, int]) -> Any:
+    import zarr  # here, not at the top: the command line imports this module to check its input
+
+    return group.create_array(
+        "probability", shape=shape, chunks=tuple(max(1, min(c, n)) for c, n in zip(chunks, shape)), dtype=np.float32,
+        fill_value=np.nan, compressors=zarr.codecs.ZstdCodec(level=3), dimension_names=["y", "x"],
+        attributes={"long_name": "probability of a target in the window centred on the cell", "units": "1",
+                    "valid_range": [0.0, 1.0]},
+    )
 
 
 # --------------------------------------------------------------------------------------------
 # The store
 
 
-def save_predictions(store: "Store", predictions: Predictions, extra_attrs: dict | None = None) -> None:
-    """Write ``predictions`` to ``predictions/<model_id>/<survey_id>`` (replacing any), atomically."""
-    import zarr  # here, not at the top: the command line imports this module to check its input
-
-    p = np.asarray(predictions.probabilities, dtype=np.float32)
-    attributes = {
-        "survey_id": predictions.survey_id,
-        "model_id": predictions.model_id,
-        "threshold": predictions.threshold,
-        "feature_spec": predictions.spec,
-        "grid": predictions.grid.to_dict(),
-        **(extra_attrs or {}),
-    }
-    with store.new_group(predictions.path, attributes) as group:
-        group.create_array(
-            "probability",
-            data=p,
-            chunks=tuple(min(1024, max(1, n)) for n in p.shape),
-            compressors=zarr.codecs.ZstdCodec(level=3),
-            dimension_names=["tile_row", "tile_col"],
-            attributes={"description": "tile probabilities, NaN where a tile was not scored"},
-        )
+def stored_maps(store: "Store", model_id: str, survey_id: str) -> list[str]:
+    """Grid keys of the complete probability maps of a model on a survey."""
+    return store.complete_groups(f"predictions/{model_id}/{survey_id}", "*")
 
 
-def open_predictions(store: "Store", model_id: str, survey_id: str) -> Predictions:
-    """Stored predictions (StoreError saying how to make them if absent)."""
-    return _open(store, model_id, survey_id)[0]
-
-
-def _open(store: "Store", model_id: str, survey_id: str) -> tuple[Predictions, dict]:
+def open_probability_map(store: "Store", model_id: str, survey_id: str, grid: str | None = None) -> ProbabilityMap:
+    """A stored probability map (StoreError saying how to make it, or which grids exist)."""
+    available = stored_maps(store, model_id, survey_id)
+    if grid is None:
+        if len(available) == 1:
+            grid = available[0]
+        else:
+            raise StoreError(
+                f"model {model_id} has {'no probability map' if not available else 'several probability maps (' + ', '.join(available) + ')'} "
+                f"for survey {survey_id} in the store at {store.root}; make one with `damwatch detect {survey_id} "
+                f"--model {model_id}`" + ("" if not available else " or name the grid")
+            )
     group = store.open_complete(
-        predictions_path(model_id, survey_id),
-        f"no predictions of model {model_id} for survey {survey_id} in the store at {store.root}; "
-        f"make them with `damwatch detect {survey_id} --model {model_id}`",
+        f"predictions/{model_id}/{survey_id}/{grid}",
+        f"no probability map of model {model_id} for survey {survey_id} on grid {grid} in the store at "
+        f"{store.root} (available: {', '.join(available) or 'none'}); make it with `damwatch detect {survey_id} "
+        f"--model {model_id}`",
     )
-    attrs = dict(group.attrs)
-    return Predictions(
-        survey_id=survey_id,
-        model_id=model_id,
-        probabilities=np.asarray(group["probability"][...], dtype=np.float32),
-        grid=TileGrid.from_dict(attrs["grid"]),
-        threshold=float(attrs["threshold"]),
-        spec=dict(attrs["feature_spec"]),
-    ), attrs
+    a = dict(group.attrs)
+    return ProbabilityMap(
+        survey_id=survey_id, model_id=model_id, model_type=a["model_type"], grid=grid,
+        values=np.asarray(group["probability"][...], dtype=np.float32), transform=Affine(*a["transform"]),
+        crs=CRS.from_wkt(a["crs_wkt"]), threshold=float(a["threshold"]), footprint_m=float(a["footprint_m"]),
+        cell_m=float(a["cell_m"]), reading=dict(a["reading"]), spec=dict(a["spec"]),
+    )
+

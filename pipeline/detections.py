@@ -34,6 +34,7 @@ __all__ = [
     "Points",
     "find_peaks",
     "read_detections",
+    "footprints",
 ]
 
 #: Confidence classes of a detection, from its peak tile probability: the first level whose
@@ -313,3 +314,39 @@ def _positions(coords: Any) -> list:
     if coords and isinstance(coords[0], (int, float)):
         return [coords]
     return [q for c in coords for q in _positions(c)]
+
+
+def footprints(values: np.ndarray, transform: Affine, points: Points, threshold: float, radius: float) -> list[dict | None]:
+    """Footprint polygons (map coordinates) of point detections on their probability map.
+
+    A detection's footprint is the cells at or above ``threshold`` within ``radius`` of it
+    that are nearer to it than to any other detection: the extent of the map's response that
+    the detection stands for. One geometry per point (None when no cell qualifies).
+    """
+    h, w = values.shape
+    label = np.zeros((h, w), np.int32)
+    best = np.full((h, w), np.inf)
+    above = np.isfinite(values) & (values >= threshold)
+    inv = ~transform
+    cell = abs(transform.a)
+    k = int(np.ceil(radius / cell)) + 1
+    for i, (x, y) in enumerate(zip(points.x, points.y), start=1):
+        c, r = inv * (x, y)
+        r0, r1, c0, c1 = max(int(r) - k, 0), min(int(r) + k + 1, h), max(int(c) - k, 0), min(int(c) + k + 1, w)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        rr, cc = np.mgrid[r0:r1, c0:c1]
+        cx, cy = transform * (cc + 0.5, rr + 0.5)
+        d = np.hypot(cx - x, cy - y)
+        take = (d <= radius) & (d < best[r0:r1, c0:c1]) & above[r0:r1, c0:c1]
+        best[r0:r1, c0:c1][take] = d[take]
+        label[r0:r1, c0:c1][take] = i
+    parts: dict[int, list] = {}
+    for shape, value in rasterio.features.shapes(label, mask=label > 0, transform=transform, connectivity=4):
+        parts.setdefault(int(value), []).append(shape["coordinates"])
+    out: list[dict | None] = []
+    for i in range(1, len(points) + 1):
+        polys = parts.get(i)
+        out.append(None if not polys else {"type": "Polygon", "coordinates": polys[0]} if len(polys) == 1
+                   else {"type": "MultiPolygon", "coordinates": polys})
+    return out

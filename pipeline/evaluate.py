@@ -31,9 +31,9 @@ Per object, around that core (:func:`evaluate_detections`):
 A set with no truth objects is *not scorable*: its counts are reported with ``scorable: false``,
 never as precision 0 / recall 0 / F1 0.
 
-Tile level (:func:`detection_metrics`): a tile is positive when it contains a target's point.
-Cell level (:func:`change_metrics`): a change cell is positive for a class when an object of
-that class lies within one model tile of its centre.
+Cell level, kept beside the object scores: a probability map's cell is positive when a target
+lies in the central half of its window (:func:`cell_metrics`); a change cell is positive for a
+class when a target of that class lies within the change radius (:func:`change_metrics`).
 
 Distances are in metres: in a geographic CRS the points are first projected to their UTM zone.
 """
@@ -60,12 +60,10 @@ from pipeline.change import CLASS_NAMES, GONE, NEW, NODATA, PERSISTING
 from pipeline.detections import Points, find_peaks, read_detections
 from pipeline.errors import InputError
 from pipeline.geojson import read_features
-from pipeline.maps import TileEdges, covering_range, tile_edges
 from pipeline.truth import TruthObjects, change_class, check_targets, exists_on, truth_objects
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.change import ChangeResult
-    from pipeline.store import Survey
 
 __all__ = [
     "Z95",
@@ -79,8 +77,8 @@ __all__ = [
     "evaluate_detections",
     "ChangeObjects",
     "evaluate_change",
-    "truth_tile_labels",
-    "detection_metrics",
+    "cell_labels",
+    "cell_metrics",
     "change_metrics",
     "CANDIDATE_FLOOR",
     "footprint_m",
@@ -363,22 +361,8 @@ def evaluate_change(
     return report
 
 
-def truth_tile_labels(
-    xs: np.ndarray, ys: np.ndarray, edges: TileEdges, transform: Affine
-) -> np.ndarray:
-    """(n_objects, n_rows, n_cols) bool: which tiles contain each object's point (map coords)."""
-    inverse = ~transform
-    out = np.zeros((len(xs),) + edges.shape, dtype=bool)
-    for k, (x, y) in enumerate(zip(xs, ys)):
-        col, row = inverse * (x, y)
-        r0, r1 = covering_range(edges.row_starts, edges.row_stops, np.array([row]))
-        c0, c1 = covering_range(edges.col_starts, edges.col_stops, np.array([col]))
-        out[k, r0[0]:r1[0], c0[0]:c1[0]] = True
-    return out
-
-
 def _binary_metrics(y_true: np.ndarray, p: np.ndarray, threshold: float) -> dict:
-    """Tile-level precision, recall, F1, ROC AUC and average precision (ann.metrics)."""
+    """Precision, recall, F1, ROC AUC and average precision of probabilities against labels (ann.metrics)."""
     y_true = np.asarray(y_true).astype(np.int8)
     p = np.asarray(p, dtype=np.float64)
     y_pred = (p >= threshold).astype(np.int8)
@@ -396,81 +380,76 @@ def _binary_metrics(y_true: np.ndarray, p: np.ndarray, threshold: float) -> dict
     return out
 
 
-def detection_metrics(
-    probabilities: np.ndarray,
-    grid: Any,
-    truth: Mapping[str, Any],
-    threshold: float,
-    date: _dt.date | None = None,
-) -> dict:
-    """Tile-level metrics of a scored grid against a ground truth, overall and per ``context``.
+def cell_labels(values: np.ndarray, transform: Affine, crs: Any, targets: TruthObjects, footprint_m: float) -> np.ndarray:
+    """Truth of each cell of a probability map under the window rule: 1 when a target lies in the
+    central half of the window centred on the cell (within footprint / 4 along both axes), 0
+    when none lies in the window (footprint / 2), −1 (left out) in between."""
+    h, w = values.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    cx, cy = transform * (cols + 0.5, rows + 0.5)
+    out = np.zeros((h, w), np.int8)
+    if len(targets) == 0:
+        return out
+    inv = ~transform
+    cell = abs(transform.a)
+    k = int(np.ceil(footprint_m / 2 / cell))
+    for tx, ty in zip(targets.x, targets.y):
+        c, r = inv * (tx, ty)
+        r0, r1, c0, c1 = max(int(r) - k, 0), min(int(r) + k + 2, h), max(int(c) - k, 0), min(int(c) + k + 2, w)
+        if r0 >= r1 or c0 >= c1:
+            continue
+        dx, dy = np.abs(cx[r0:r1, c0:c1] - tx), np.abs(cy[r0:r1, c0:c1] - ty)
+        inside = (dx <= footprint_m / 2) & (dy <= footprint_m / 2)
+        central = (dx <= footprint_m / 4) & (dy <= footprint_m / 4)
+        block = out[r0:r1, c0:c1]
+        block[inside & (block == 0)] = -1
+        block[central] = 1
+    return out
 
-    A tile is positive when it contains a target object's point (:func:`pipeline.truth.truth_objects`),
-    negative otherwise; unscored tiles are left out. Per context, the positives are the tiles
-    holding an object of that context and the negatives the tiles holding no object at all
-    (tiles holding only other contexts are left out), so a context's recall says how many of
-    its objects the model finds and its precision is measured against the same negatives.
-    """
-    edges = tile_edges(grid)
-    targets = truth_objects(truth, grid.crs, date)
-    props = targets.props
-    holds = truth_tile_labels(targets.x, targets.y, edges, grid.transform)  # (n_objects, n_rows, n_cols)
-    p = np.asarray(probabilities, dtype=np.float64)
-    scored = np.isfinite(p)
-    positive = holds.any(axis=0)
-    report: dict[str, Any] = {
-        "threshold": float(threshold),
-        "rule": "tile positive when it contains a truth object's point (mean of its vertices); unscored tiles left out",
-        "n_objects": len(props),
-        "overall": _binary_metrics(positive[scored], p[scored], threshold),
-        "by_context": {},
-    }
-    contexts = sorted({str(pr.get("context")) for pr in props if pr.get("context") is not None})
-    for ctx in contexts:
-        mine = holds[[str(pr.get("context")) == ctx for pr in props]].any(axis=0)
-        keep = scored & (mine | ~positive)
-        report["by_context"][ctx] = _binary_metrics(mine[keep], p[keep], threshold)
-        report["by_context"][ctx]["n_objects"] = sum(str(pr.get("context")) == ctx for pr in props)
+
+def cell_metrics(pm: Any, truth: Mapping[str, Any], date: _dt.date | None = None, where: Mapping[str, Any] | None = None) -> dict:
+    """Cell-level scores of a probability map (:class:`pipeline.detect.ProbabilityMap`) against a
+    truth, under the window rule of :func:`cell_labels`; unscored cells left out."""
+    targets = truth_objects(truth, pm.crs, date, where)
+    labels = cell_labels(pm.values, pm.transform, pm.crs, targets, pm.footprint_m)
+    keep = np.isfinite(pm.values) & (labels >= 0)
+    report = _binary_metrics(labels[keep] == 1, pm.values[keep], pm.threshold)
+    report["rule"] = ("cell positive when a target lies within a quarter footprint of its centre (the central half of "
+                      "its window), negative when none lies in its window; cells in between and unscored cells left out")
+    report["scorable"] = report["n_positive"] > 0
     return report
 
 
-def change_metrics(result: "ChangeResult", truth: dict, before: "Survey", after: "Survey", tile_size_map: float) -> dict:
-    """Cell-level precision, recall, F1 and IoU of each change class against a ground truth.
+def change_metrics(result: "ChangeResult", truth: Mapping[str, Any], before: _dt.date, after: _dt.date,
+                   where: Mapping[str, Any] | None = None) -> dict:
+    """Cell-level precision, recall, F1 and IoU of each class of the change raster.
 
-    A cell truly holds class *c* when an object of class *c* lies within the square of one
-    model tile (``tile_size_map`` map units) centred on the cell's centre: the area whose
-    tiles see the object. Cells without data on either date are left out. IoU = TP / (TP +
-    FP + FN); a class with no true and no predicted cell has no scores (null).
+    A cell truly holds class *c* when a target of change class *c* lies within the change's
+    radius of its centre; nodata cells are left out. IoU = TP / (TP + FP + FN); a class with no
+    true and no predicted cell has no scores (null).
     """
-    dams = truth_objects(truth, result.grid.crs)
-    xs, ys = dams.x, dams.y
-    classes = [change_class(p, before.date, after.date) for p in dams.props]
-    cx, cy = result.grid.centres()
-    half = tile_size_map / 2.0
-    scored = result.classes != NODATA
-    report: dict[str, Any] = {
-        "rule": "cell positive for class c when an object of class c lies in the tile-sized square "
-        "centred on the cell centre; nodata cells left out",
-        "tile_size_map_units": tile_size_map,
-        "thresholds": result.thresholds.to_dict(),
-        "classes": {},
-    }
+    dams = truth_objects(truth, result.crs, None, where)
+    classes = [change_class(p, before, after) for p in dams.props]
+    h, w = result.classes_map.shape
+    rows, cols = np.mgrid[0:h, 0:w]
+    cx, cy = result.transform * (cols + 0.5, rows + 0.5)
+    scored = result.classes_map != NODATA
+    report: dict[str, Any] = {"rule": f"cell positive for class c when a target of class c lies within "
+                              f"{result.radius_m:g} m of its centre; nodata cells left out", "classes": {}}
     for code in (NEW, GONE, PERSISTING):
         name = CLASS_NAMES[code]
-        true = np.zeros(result.grid.shape, dtype=bool)
-        for x, y, c in zip(xs, ys, classes):
+        true = np.zeros((h, w), dtype=bool)
+        for x, y, c in zip(dams.x, dams.y, classes):
             if c == name:
-                true |= (np.abs(cx - x) <= half) & (np.abs(cy - y) <= half)
-        pred = result.classes == code
+                true |= np.hypot(cx - x, cy - y) <= result.radius_m
+        pred = result.classes_map == code
         tp = int(np.sum(true & pred & scored))
         fp = int(np.sum(~true & pred & scored))
         fn = int(np.sum(true & ~pred & scored))
-        precision = tp / (tp + fp) if tp + fp else None
-        recall = tp / (tp + fn) if tp + fn else None
-        f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None
-        iou = tp / (tp + fp + fn) if tp + fp + fn else None
         report["classes"][name] = {
-            "precision": precision, "recall": recall, "f1": f1, "iou": iou,
+            "precision": tp / (tp + fp) if tp + fp else None, "recall": tp / (tp + fn) if tp + fn else None,
+            "f1": 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else None,
+            "iou": tp / (tp + fp + fn) if tp + fp + fn else None,
             "tp": tp, "fp": fp, "fn": fn, "n_objects": classes.count(name),
         }
     return report

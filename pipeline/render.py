@@ -135,7 +135,8 @@ def render_quicklook(
     Each panel is a dict with ``title``, optional ``image`` (h, w, 3) and ``image_transform``,
     and an ``overlay`` (h, w) with ``overlay_transform``, ``cmap`` (name or Colormap),
     ``vmin``/``vmax``, ``alpha``, optional ``norm`` and ``colorbar`` label, optional
-    ``outlines`` (list of lists of map-coordinate (x, y) rings). Axes are map coordinates.
+    ``outlines`` (list of lists of map-coordinate (x, y) rings) and ``points`` (a list of
+    (xs, ys, colour, label) groups of map-coordinate markers). Axes are map coordinates.
     """
     import matplotlib.pyplot as plt  # here: pyplot's import costs ~0.4 s, paid only when drawing
 
@@ -158,6 +159,10 @@ def render_quicklook(
                 [np.asarray(ring) for ring in panel["outlines"]],
                 colors=panel.get("outline_color", "cyan"), linewidths=1.0,
             ))
+        for xs, ys, colour, label in panel.get("points", ()):
+            ax.scatter(xs, ys, s=36, facecolors="none", edgecolors=colour, linewidths=1.3, label=label)
+        if panel.get("points"):
+            ax.legend(fontsize=7, loc="upper right", framealpha=0.8)
         if panel.get("colorbar"):
             cb = fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.04)
             cb.set_label(panel["colorbar"])

@@ -3,20 +3,25 @@
 A *result* is one output folder (:func:`pipeline.outputs.output_folder`: written whole or not
 at all, ``provenance.json`` last) holding, for a **detection** (:func:`write_detection_maps`):
 
-  ``probability.tif``     probability map, a Cloud-Optimized GeoTIFF (:mod:`pipeline.maps`)
-  ``detections.geojson``  the detections, RFC 7946 (:mod:`pipeline.detections`)
+  ``probability.tif``     the probability map, a Cloud-Optimized GeoTIFF of output cells
+  ``detections.geojson``  the detections: one point per object (RFC 7946), with its
+                          probability, confidence class and longitude/latitude
+  ``footprints.geojson``  each detection's footprint polygon (the same ids)
   ``quicklook.png``       the probabilities and detections over the imagery
-  ``metrics.json``        with a ground truth: the scores of :mod:`pipeline.evaluate`
+  ``metrics.json``        with a ground truth: object and cell scores (:mod:`pipeline.evaluate`)
 
 and for a **change** between two dates (:func:`write_change_maps`):
 
-  ``change.tif``          class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata) with
-                          a colour table
-  ``change.geojson``      one feature per new/gone/persisting cell, with both probabilities
+  ``change.tif``          class codes (0 none, 1 new, 2 gone, 3 persisting, 4 uncertain,
+                          255 nodata) with a colour table, drawn from the objects
+  ``change.geojson``      one point per change object with its class and both probabilities
   ``change.png``          before, after and change side by side
-  ``metrics.json``        with a ground truth
+  ``metrics.json``        with a ground truth: object scores per class, the confusion table,
+                          and cell scores
 
-This module only composes: the maths, the drawing and the scores live in the modules named.
+Detections are the peaks of the map at or above the threshold, lesser peaks within half the
+model's footprint suppressed (:func:`pipeline.detections.find_peaks`). This module only
+composes: the maths, the drawing and the scores live in the modules named.
 """
 
 from __future__ import annotations
@@ -26,28 +31,38 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
+from rasterio.warp import transform as warp_transform
 
-from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, ChangeResult
-from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson, footprints_geojson
+from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, UNCERTAIN, ChangeResult
+from pipeline.detections import CONFIDENCE_LEVELS, Points, confidence_class, find_peaks, footprints
 from pipeline.errors import InputError
-from pipeline.evaluate import change_metrics, detection_metrics
+from pipeline.evaluate import (
+    CANDIDATE_FLOOR,
+    ChangeObjects,
+    cell_metrics,
+    change_metrics,
+    evaluate_change,
+    evaluate_detections,
+)
 from pipeline.files import file_sha256
-from pipeline.maps import PROBABILITY_NODATA, probability_map
+from pipeline.geojson import feature, feature_collection, to_wgs84
+from pipeline.maps import PROBABILITY_NODATA
 from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
-from pipeline.render import outline_rings, render_quicklook, survey_thumbnail, write_cog
+from pipeline.render import render_quicklook, survey_thumbnail, write_cog
 from pipeline.truth import read_truth
 
 if TYPE_CHECKING:  # pragma: no cover
-    from pipeline.detect import Predictions
+    from pipeline.detect import ProbabilityMap
     from pipeline.store import Store, Survey
 
-__all__ = ["DETECTION_FILES", "CHANGE_FILES", "check_probability", "write_detection_maps", "write_change_maps"]
+__all__ = ["DETECTION_FILES", "CHANGE_FILES", "check_probability", "detections_of", "write_detection_maps", "write_change_maps"]
 
 #: File names inside a detection output folder.
 DETECTION_FILES = {
     "probability": "probability.tif",
     "detections": "detections.geojson",
+    "footprints": "footprints.geojson",
     "quicklook": "quicklook.png",
     "metrics": "metrics.json",
 }
@@ -73,88 +88,96 @@ def _result_files(written: dict, extra: dict) -> dict[str, Any]:
     return {("metrics_file" if name == "metrics" else name): path for name, path in written.items()} | extra
 
 
+def detections_of(pm: "ProbabilityMap", threshold: float) -> Points:
+    """The detections of a probability map: its peaks at or above ``threshold``, lesser peaks
+    within half the model's footprint suppressed, strongest first."""
+    return find_peaks(pm.values, pm.transform, pm.footprint_m / 2, threshold)
+
+
+def _lonlat(x: np.ndarray, y: np.ndarray, crs: Any) -> tuple[list[float], list[float]]:
+    if len(x) == 0:
+        return [], []
+    lon, lat = warp_transform(crs, "EPSG:4326", list(map(float, x)), list(map(float, y)))
+    return list(lon), list(lat)
+
+
 def write_detection_maps(
     store: "Store",
-    predictions: "Predictions",
+    pm: "ProbabilityMap",
     out_dir: str | os.PathLike,
     threshold: float | None = None,
     truth: str | os.PathLike | None = None,
     overwrite: bool = False,
-    cell: int | None = None,
     client: Any = None,
+    where: dict | None = None,
+    drift: dict | None = None,
 ) -> dict[str, Any]:
     """Write the detection outputs of one scored survey into ``out_dir``, all or nothing.
 
-    ``threshold`` defaults to the model's decision threshold; ``cell`` (survey pixels) to the
-    grid's stride. ``truth`` (a GeoJSON path) adds ``metrics.json``. Returns the output files
-    (Paths) by name: ``probability``, ``detections``, ``quicklook``, ``provenance`` and, with
-    truth, ``metrics_file``; plus ``n_detections`` (int) and ``metrics`` (the report, or None).
+    ``threshold`` defaults to the model's decision threshold. ``truth`` (a GeoJSON path) adds
+    ``metrics.json`` (targets chosen by ``where``). ``drift``: the drift check of the survey
+    (:func:`pipeline.drift.check_drift`), recorded in the provenance. Returns the output files
+    (Paths) by name, plus ``n_detections`` and ``metrics`` (the report, or None).
     """
-    threshold = check_probability(predictions.threshold if threshold is None else threshold)
+    threshold = check_probability(pm.threshold if threshold is None else threshold)
     truth_data = read_truth(truth) if truth is not None else None  # fail before any work
-    survey = store.survey(predictions.survey_id)
-    grid = predictions.grid
-    cell = int(cell or grid.stride)
+    survey = store.survey(pm.survey_id)
+    radius = pm.footprint_m / 2
     provenance = base_provenance("detect", {
-        "threshold": threshold, "map_cell_px": cell,
-        "overlap_rule": "mean of scored tiles whose footprint contains the cell centre",
-        "confidence_levels": dict(CONFIDENCE_LEVELS),
-        "truth": str(truth) if truth is not None else None,
+        "threshold": threshold, "footprint_m": pm.footprint_m, "cell_m": pm.cell_m, "suppression_radius_m": radius,
+        "model_type": pm.model_type, "grid": pm.grid, "confidence_levels": dict(CONFIDENCE_LEVELS),
+        "truth": str(truth) if truth is not None else None, "where": where,
     })
     provenance["inputs"] = {
         "survey": survey_provenance(survey),
-        "model": model_provenance(store, predictions.model_id),
-        "feature_spec": predictions.spec,
+        "model": model_provenance(store, pm.model_id),
+        "model_input": pm.spec,
+        "reading": pm.reading,
         "truth_sha256": file_sha256(truth) if truth is not None else None,
-        "predictions": predictions.path,
+        "predictions": pm.path,
     }
-    provenance["tile_grid"] = grid.to_dict()
-    provenance["n_scored_tiles"] = int(np.isfinite(predictions.probabilities).sum())
+    provenance["drift"] = drift
+    provenance["n_scored_cells"] = int(np.isfinite(pm.values).sum())
+    detections = detections_of(pm, threshold)
     metrics = None
     with output_folder(out_dir, DETECTION_FILES, provenance, overwrite) as folder:
-        values, map_transform = probability_map(predictions.probabilities, grid, cell)
-        write_cog(
-            folder.path("probability"), values, map_transform, grid.crs, PROBABILITY_NODATA,
-            tags={"survey_id": survey.id, "model_id": predictions.model_id, "rule": "mean of scored tiles containing the cell centre"},
-        )
-        detections = detections_geojson(
-            predictions.probabilities, grid, threshold, {"survey_id": survey.id, "model_id": predictions.model_id}
-        )
-        folder.write_json("detections", detections)
+        write_cog(folder.path("probability"), pm.values, pm.transform, pm.crs, PROBABILITY_NODATA,
+                  tags={"survey_id": survey.id, "model_id": pm.model_id,
+                        "rule": "probability of a target in the window centred on the cell"})
+        lon, lat = _lonlat(detections.x, detections.y, pm.crs)
+        shapes = footprints(pm.values, pm.transform, detections, threshold, radius)
+        points, polygons = [], []
+        for i, (x, y, p, shape) in enumerate(zip(detections.x, detections.y, detections.probability, shapes), start=1):
+            props = {"id": i, "probability": round(float(p), 6), "confidence": confidence_class(float(p)),
+                     "lon": round(lon[i - 1], 8), "lat": round(lat[i - 1], 8), "threshold": threshold,
+                     "survey_id": survey.id, "model_id": pm.model_id}
+            points.append(feature(to_wgs84({"type": "Point", "coordinates": [float(x), float(y)]}, pm.crs), props, id=i))
+            if shape is not None:
+                polygons.append(feature(to_wgs84(shape, pm.crs), {"id": i, "probability": props["probability"]}, id=i))
+        folder.write_json("detections", feature_collection(points))
+        folder.write_json("footprints", feature_collection(polygons))
         thumb, thumb_transform = survey_thumbnail(survey, client=client)
         render_quicklook(
             folder.path("quicklook"),
             [{
-                "title": f"tile probability (cells of {cell} px), {len(detections['features'])} detections ≥ {threshold:g}",
+                "title": f"probability ({pm.cell_m:g} m cells), {len(detections)} detections ≥ {threshold:.2f}",
                 "image": thumb, "image_transform": thumb_transform,
-                "overlay": values, "overlay_transform": map_transform, "cmap": "magma",
-                "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": min(0.2, threshold),
-                "colorbar": "probability", "outlines": outline_rings(detections, grid.crs),
+                "overlay": pm.values, "overlay_transform": pm.transform, "cmap": "magma",
+                "vmin": 0.0, "vmax": 1.0, "alpha": 0.5, "mask_below": min(0.2, threshold),
+                "colorbar": "probability",
+                "points": [(detections.x, detections.y, "cyan", "detection")],
             }],
-            title=f"{survey.id} — model {predictions.model_id}",
+            title=f"{survey.id} — model {pm.model_id}",
         )
-        provenance["n_detections"] = len(detections["features"])
+        provenance["n_detections"] = len(detections)
         if truth_data is not None:
-            metrics = detection_metrics(predictions.probabilities, grid, truth_data, threshold, survey.date)
+            candidates = find_peaks(pm.values, pm.transform, radius, CANDIDATE_FLOOR)
+            metrics = evaluate_detections(candidates, pm.crs, truth_data, threshold, radius, pm.scored_area_km2,
+                                          survey.date, where)
+            metrics["cell"] = cell_metrics(pm, truth_data, survey.date, where)
+            metrics["date"] = survey.date.isoformat()
             folder.write_json("metrics", metrics)
-    return _result_files(folder.written(), {"n_detections": len(detections["features"]), "metrics": metrics})
-
-
-def _cell_properties(result: ChangeResult) -> tuple[np.ndarray, list[dict]]:
-    select = np.isin(result.classes, (NEW, GONE, PERSISTING))
-    props = []
-    for r, c in zip(*np.nonzero(select)):
-        props.append({
-            "class": CLASS_NAMES[int(result.classes[r, c])],
-            "p_before": round(float(result.p_before[r, c]), 6),
-            "p_after": round(float(result.p_after[r, c]), 6),
-            "before": result.before.survey_id,
-            "after": result.after.survey_id,
-            "model_id": result.before.model_id,
-            "cell_row": int(r),
-            "cell_col": int(c),
-        })
-    return select, props
+    return _result_files(folder.written(), {"n_detections": len(detections), "metrics": metrics})
 
 
 def write_change_maps(
@@ -164,72 +187,84 @@ def write_change_maps(
     truth: str | os.PathLike | None = None,
     overwrite: bool = False,
     client: Any = None,
+    where: dict | None = None,
 ) -> dict[str, Any]:
     """Write the change outputs into ``out_dir``, all or nothing (files: the module docstring).
 
-    Returns the output files (Paths) by name: ``change``, ``geojson``, ``quicklook``,
-    ``provenance`` and, with truth, ``metrics_file``; plus ``counts`` (cells per class) and
+    Returns the output files (Paths) by name, plus ``counts`` (objects per class) and
     ``metrics`` (the report, or None).
     """
     truth_data = read_truth(truth) if truth is not None else None
     before_s = store.survey(result.before.survey_id)
     after_s = store.survey(result.after.survey_id)
-    grid = result.grid
     provenance = base_provenance("change", {
         **result.settings, **result.thresholds.to_dict(),
         "classes": {str(k): v for k, v in CLASS_NAMES.items()} | {"255": "nodata"},
-        "truth": str(truth) if truth is not None else None,
+        "truth": str(truth) if truth is not None else None, "where": where,
     })
     provenance["inputs"] = {
         "before": survey_provenance(before_s),
         "after": survey_provenance(after_s),
         "model": model_provenance(store, result.before.model_id),
-        "feature_spec": result.before.spec,
+        "predictions": {"before": result.before.path, "after": result.after.path},
         "truth_sha256": file_sha256(truth) if truth is not None else None,
     }
-    provenance["tile_grids"] = {"before": result.before.grid.to_dict(), "after": result.after.grid.to_dict()}
-    provenance["change_grid"] = grid.to_dict()
     provenance["counts"] = result.counts()
     metrics = None
     with output_folder(out_dir, CHANGE_FILES, provenance, overwrite) as folder:
         write_cog(
-            folder.path("change"), result.classes, grid.transform, grid.crs, NODATA,
+            folder.path("change"), result.classes_map, result.transform, result.crs, NODATA,
             colormap=CLASS_COLOURS, resampling="nearest",
-            tags={"classes": "0 none, 1 new, 2 gone, 3 persisting, 255 nodata",
+            tags={"classes": "0 none, 1 new, 2 gone, 3 persisting, 4 uncertain, 255 nodata",
                   "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
         )
-        select, props = _cell_properties(result)
-        folder.write_json("geojson", footprints_geojson(select, grid.edges(), grid.transform, grid.crs, props))
+        lon, lat = _lonlat(result.x, result.y, result.crs)
+        objects = []
+        for i, (x, y, pb, pa, code) in enumerate(zip(result.x, result.y, result.p_before, result.p_after, result.classes), start=1):
+            props = {"id": i, "class": CLASS_NAMES.get(int(code), "nodata"),
+                     "p_before": None if not np.isfinite(pb) else round(float(pb), 6),
+                     "p_after": None if not np.isfinite(pa) else round(float(pa), 6),
+                     "probability": round(float(np.nanmax([pb, pa, 0.0])), 6),
+                     "lon": round(lon[i - 1], 8), "lat": round(lat[i - 1], 8),
+                     "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id}
+            objects.append(feature(to_wgs84({"type": "Point", "coordinates": [float(x), float(y)]}, result.crs), props, id=i))
+        folder.write_json("geojson", feature_collection(objects))
         _render_change(folder.path("quicklook"), result, before_s, after_s, client)
         if truth_data is not None:
-            tile_map = result.before.grid.size * max(abs(result.before.grid.transform.a), abs(result.after.grid.transform.a))
-            metrics = change_metrics(result, truth_data, before_s, after_s, tile_map)
+            reported = np.isin(result.classes, (NEW, GONE, PERSISTING))
+            predicted = ChangeObjects(result.x[reported], result.y[reported],
+                                      np.fmax(result.p_before, result.p_after)[reported],
+                                      np.array([CLASS_NAMES[int(c)] for c in result.classes[reported]], dtype=object))
+            metrics = evaluate_change(predicted, result.crs, truth_data, before_s.date, after_s.date, result.radius_m, where)
+            metrics["cell"] = change_metrics(result, truth_data, before_s.date, after_s.date, where)
             folder.write_json("metrics", metrics)
     return _result_files(folder.written(), {"counts": result.counts(), "metrics": metrics})
 
 
 def _render_change(path: os.PathLike, result: ChangeResult, before: "Survey", after: "Survey", client: Any) -> None:
     panels = []
-    for survey, values in ((before, result.p_before), (after, result.p_after)):
+    for survey, pm in ((before, result.before), (after, result.after)):
         thumb, thumb_transform = survey_thumbnail(survey, client=client)
         panels.append({
             "title": f"{survey.id}: probability",
-            "image": thumb,
-            "image_transform": thumb_transform,
-            "overlay": values, "overlay_transform": result.grid.transform, "cmap": "magma",
-            "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": result.thresholds.low,
+            "image": thumb, "image_transform": thumb_transform,
+            "overlay": pm.values, "overlay_transform": pm.transform, "cmap": "magma",
+            "vmin": 0.0, "vmax": 1.0, "alpha": 0.5, "mask_below": result.thresholds.low,
             "colorbar": "probability",
         })
-    codes = result.classes.astype(np.float64)
-    codes[result.classes == NODATA] = np.nan
-    colours = [np.array(CLASS_COLOURS[c][:3]) / 255 for c in (NONE, NEW, GONE, PERSISTING)]
+    codes = result.classes_map.astype(np.float64)
+    codes[(result.classes_map == NODATA) | (result.classes_map == NONE)] = np.nan
+    colours = [np.array(CLASS_COLOURS[c][:3]) / 255 for c in (NONE, NEW, GONE, PERSISTING, UNCERTAIN)]
     counts = result.counts()
+    groups = [(result.x[result.classes == c], result.y[result.classes == c], np.array(CLASS_COLOURS[c][:3]) / 255, CLASS_NAMES[c])
+              for c in (NEW, GONE, PERSISTING) if (result.classes == c).any()]
     panels.append({
         "title": "change: " + ", ".join(f"{n} {counts[n]}" for n in ("new", "gone", "persisting")),
         "image": panels[1]["image"], "image_transform": panels[1]["image_transform"],
-        "overlay": codes, "overlay_transform": result.grid.transform,
-        "cmap": ListedColormap(colours), "norm": BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
-        "alpha": 0.7, "mask_below": 0.5, "colorbar": "class",
-        "ticks": [0, 1, 2, 3], "ticklabels": ["none", "new", "gone", "persisting"],
+        "overlay": codes, "overlay_transform": result.transform,
+        "cmap": ListedColormap(colours), "norm": BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5, 4.5], 5),
+        "alpha": 0.45, "colorbar": "class",
+        "ticks": [0, 1, 2, 3, 4], "ticklabels": ["none", "new", "gone", "persisting", "uncertain"],
+        "points": groups,
     })
     render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}")

@@ -24,7 +24,6 @@ from pipeline.features import compute_features, get_spec, open_features
 from pipeline.files import file_sha256
 from pipeline.ingest import ingest
 from pipeline.store import Store
-from pipeline.tiling import TileGrid
 
 pytestmark = pytest.mark.naip
 RGBN = ["red", "green", "blue", "nir"]
@@ -69,24 +68,27 @@ def _cli(naip, dask_client, *args):
 
 
 def test_detect_equals_numpy_on_the_whole_feature_array(naip, dask_client, monkeypatch):
+    """A classic model's map: the classifier on the whole feature array, then the overlap rule."""
     from ann.io import load_model
 
     store, sid, mid = naip["store"], naip["ids"][1], naip["model_id"]
     monkeypatch.setattr(detect, "TILES_PER_TASK", 40)  # several Dask tasks on this small survey
-    pred = detect.detect_survey(store, sid, mid, stride=64, client=dask_client, reuse=False)
+    pm = detect.detect_survey(store, sid, mid, stride=64, client=dask_client, reuse=False)
     features = open_features(store, sid, "rgbn", stride=64)
     classifier = load_model(store.models_dir / f"{mid}.json")
     values = np.asarray(features.values[...])
     keep = features.valid_fraction >= detect.MIN_VALID_FRACTION
-    expected = np.full(features.grid.shape, np.nan, np.float32)
-    expected[keep] = classifier.predict_proba(values[keep])
-    assert pred.grid == features.grid and pred.grid.stride == 64
+    tiles = np.full(features.grid.shape, np.nan, np.float32)
+    tiles[keep] = classifier.predict_proba(values[keep])
+    expected, transform = maps.probability_map(tiles, features.grid, cell=64)
+    survey = store.survey(sid)
+    expected = expected[: survey.height // 64, : survey.width // 64]  # whole cells: no overhang
+    assert pm.transform == transform and pm.grid == "size128_stride64" and pm.cell_m == 64 * 5.0
     # float32 products over other batch sizes round differently: agree to float32 precision
-    np.testing.assert_allclose(pred.probabilities, expected, rtol=1e-4, atol=1e-5, equal_nan=True)
-    stored = detect.open_predictions(store, mid, sid)
-    np.testing.assert_array_equal(stored.probabilities, pred.probabilities)
-    assert stored.grid == pred.grid and stored.model_id == mid
-    assert (store.zarr_path / "predictions" / mid / sid).is_dir()
+    np.testing.assert_allclose(pm.values, expected, rtol=1e-4, atol=1e-5, equal_nan=True)
+    stored = detect.open_probability_map(store, mid, sid, "size128_stride64")
+    np.testing.assert_array_equal(stored.values, pm.values)
+    assert stored.model_id == mid and stored.footprint_m == 128 * 5.0
 
 
 def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, capsys):
@@ -103,9 +105,10 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
     run = json.loads((run_dir / "provenance.json").read_text())
     assert run["flow"] == "detect" and run["status"] == "completed" and run["prefect_flow_run_id"]
     assert run["parameters"]["out"] == str(out) and run["parameters"]["threshold"] == 0.5
-    assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "probability.tif", "provenance.json", "quicklook.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "footprints.geojson", "probability.tif",
+                                                     "provenance.json", "quicklook.png"]
     survey = store.survey(sid)
-    pred = detect.open_predictions(store, mid, sid)
+    pm = detect.open_probability_map(store, mid, sid, "size128_stride64")
 
     valid, errors, _ = cog_validate(str(out / "probability.tif"), quiet=True)
     assert valid, errors
@@ -113,18 +116,23 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
         assert ds.crs == survey.crs
         assert ds.transform == survey.transform * Affine.scale(64)
         assert np.isnan(ds.nodata) and ds.overviews(1)
-        expected, _ = maps.probability_map(pred.probabilities, pred.grid)
-        np.testing.assert_array_equal(ds.read(1), expected)
+        np.testing.assert_array_equal(ds.read(1), pm.values)
 
     fc = json.loads((out / "detections.geojson").read_text())
     assert "crs" not in fc
-    flagged = np.isfinite(pred.probabilities) & (pred.probabilities >= 0.5)
-    assert sum(f["properties"]["tile_count"] for f in fc["features"]) == flagged.sum()
-    if flagged.any():
-        assert fc["features"][0]["properties"]["peak_probability"] == pytest.approx(np.nanmax(pred.probabilities), abs=1e-6)
+    # Every detection is a cell of the map at or above the threshold, and no 8-neighbour is higher.
+    from rasterio.warp import transform as warp_transform
+
+    above = np.isfinite(pm.values) & (pm.values >= 0.5)
+    assert (len(fc["features"]) > 0) == bool(above.any())
     for f in fc["features"]:
-        west, south, east, north = f["bbox"]
-        assert west <= f["properties"]["peak_lon"] <= east and south <= f["properties"]["peak_lat"] <= north
+        lon, lat = f["geometry"]["coordinates"]
+        (x,), (y,) = warp_transform("EPSG:4326", pm.crs, [lon], [lat])
+        c, r = ~pm.transform * (x, y)
+        r, c = int(r), int(c)
+        assert f["properties"]["probability"] == pytest.approx(float(pm.values[r, c]), abs=1e-6) and pm.values[r, c] >= 0.5
+        around = pm.values[max(r - 1, 0): r + 2, max(c - 1, 0): c + 2]
+        assert np.nanmax(around) == pm.values[r, c]
         assert f["properties"]["survey_id"] == sid and f["properties"]["model_id"] == mid
 
     prov = json.loads((out / "provenance.json").read_text())
@@ -132,7 +140,7 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
     assert prov["inputs"]["survey"]["source_sha256"] == file_sha256(naip["files"][0])
     assert prov["inputs"]["model"]["id"] == mid
     assert prov["inputs"]["model"]["npz_sha256"] == file_sha256(store.models_dir / f"{mid}.npz")
-    assert TileGrid.from_dict(prov["tile_grid"]) == pred.grid
+    assert prov["settings"]["grid"] == "size128_stride64" and prov["settings"]["footprint_m"] == 640.0
     assert prov["outputs"]["probability"]["sha256"] == file_sha256(out / "probability.tif")
 
     # The same --out again: refused, nothing touched; with --overwrite: replaced.
@@ -149,7 +157,7 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
 
 
 def test_detect_command_without_out_writes_into_its_run_and_then_skips(naip, dask_client, prefect, capsys):
-    store, sid, mid = naip["store"], naip["ids"][1], naip["model_id"]
+    sid, mid = naip["ids"][1], naip["model_id"]
     assert _cli(naip, dask_client, "detect", sid, "--model", mid, "--stride", "128") == 0
     first = capsys.readouterr().out
     run_dir = Path(first.split("run record: ")[1].split()[0])
@@ -179,31 +187,26 @@ def test_model_needing_a_band_the_survey_lacks_is_refused(naip, dask_client, tmp
     assert not (store.zarr_path / "features" / sid).exists()
 
 
-def test_change_on_real_dates_uses_one_map_grid_and_is_symmetric(naip, dask_client):
+def test_change_on_real_dates_is_symmetric(naip, dask_client):
     store, (a, b), mid = naip["store"], naip["ids"], naip["model_id"]
     sa, sb = store.survey(a), store.survey(b)
     assert sa.transform != sb.transform or sa.height != sb.height  # not pixel-aligned
     forward = change.change_surveys(store, a, b, mid, stride=64, client=dask_client)
     backward = change.change_surveys(store, b, a, mid, stride=64, client=dask_client)
-    grid = forward.grid
-    assert backward.grid == grid
-    assert grid.cell_size == 64 * 5.0  # stride x the 5 m NAIP pixel
-    assert grid.transform.c % grid.cell_size == 0 and grid.transform.f % grid.cell_size == 0
-    left, bottom, right, top = grid.extent
-    assert (left, right) == (max(sa.bounds[0], sb.bounds[0]), min(sa.bounds[2], sb.bounds[2]))
-    assert (bottom, top) == (max(sa.bounds[1], sb.bounds[1]), min(sa.bounds[3], sb.bounds[3]))
-    np.testing.assert_array_equal(backward.p_before, forward.p_after)
-    np.testing.assert_array_equal(backward.p_after, forward.p_before)
-    swap = {change.NEW: change.GONE, change.GONE: change.NEW}
-    expected = np.vectorize(lambda c: swap.get(int(c), int(c)))(forward.classes)
-    np.testing.assert_array_equal(backward.classes, expected)
     counts = forward.counts()
     assert counts["new"] == backward.counts()["gone"] and counts["gone"] == backward.counts()["new"]
-    # Each date read in map coordinates: a cell's value is that survey's own map at the cell centre.
-    xs, ys = grid.centres()
-    for pred, values in ((forward.before, forward.p_before), (forward.after, forward.p_after)):
-        cols, rows = ~pred.grid.transform * (xs, ys)
-        np.testing.assert_allclose(values, maps.sample_tiles(pred.probabilities, maps.tile_edges(pred.grid), rows, cols), equal_nan=True)
+    assert counts["persisting"] == backward.counts()["persisting"]
+    assert forward.transform == forward.before.transform  # the raster is on BEFORE's map grid
+    # Each object's probability on each date: the largest of that date's map within reach of it.
+    for pm, values in ((forward.before, forward.p_before), (forward.after, forward.p_after)):
+        for x, y, v in zip(forward.x, forward.y, values):
+            rows, cols = np.mgrid[0 : pm.values.shape[0], 0 : pm.values.shape[1]]
+            cx, cy = pm.transform * (cols + 0.5, rows + 0.5)
+            near = (np.hypot(cx - x, cy - y) <= forward.reach_m) & np.isfinite(pm.values)
+            if near.any():
+                assert v == pytest.approx(float(pm.values[near].max()))
+            else:
+                assert np.isnan(v)
 
 
 def test_change_command_outputs_and_metrics(naip, dask_client, prefect, tmp_path, capsys):
@@ -212,16 +215,16 @@ def test_change_command_outputs_and_metrics(naip, dask_client, prefect, tmp_path
 
     store, (a, b), mid = naip["store"], naip["ids"], naip["model_id"]
     result = change.change_surveys(store, a, b, mid, stride=64, client=dask_client)
-    # A hand-made truth: objects 50 m east and 30 m north of three cell centres (off the
-    # cells' boundaries), one per class, existing on the given dates.
-    xs, ys = result.grid.centres()
+    # A hand-made truth: one object next to each of up to three change objects, of another class
+    # for the first, so that the metrics have a hit and a miss to count.
     da, db = store.survey(a).date.isoformat(), store.survey(b).date.isoformat()
-    picks = [((1, 1), [db]), ((3, 4), [da]), ((5, 6), [da, db])]  # new, gone, persisting
-    px, py = [xs[p] + 50 for p, _ in picks], [ys[p] + 30 for p, _ in picks]
-    lon, lat = warp_transform(result.grid.crs, "EPSG:4326", px, py)
+    dates = {change.NEW: [db], change.GONE: [da], change.PERSISTING: [da, db]}
+    reported = np.flatnonzero(np.isin(result.classes, [change.NEW, change.GONE, change.PERSISTING]))[:3]
+    lon, lat = warp_transform(result.crs, "EPSG:4326", list(result.x[reported] + 20), list(result.y[reported] + 10))
     truth = {"type": "FeatureCollection", "features": [
-        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]}, "properties": {"class": "dam", "dates": d}}
-        for x, y, (_, d) in zip(lon, lat, picks)
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [x, y]},
+         "properties": {"class": "dam", "dates": dates[int(result.classes[i])]}}
+        for x, y, i in zip(lon, lat, reported)
     ]}
     truth_path = tmp_path / "truth.geojson"
     truth_path.write_text(json.dumps(truth))
@@ -232,30 +235,19 @@ def test_change_command_outputs_and_metrics(naip, dask_client, prefect, tmp_path
     valid, errors, _ = cog_validate(str(out / "change.tif"), quiet=True)
     assert valid, errors
     with rasterio.open(out / "change.tif") as ds:
-        assert ds.crs == result.grid.crs and ds.transform == result.grid.transform
+        assert ds.crs == result.crs and ds.transform == result.transform
         assert ds.nodata == change.NODATA and ds.colormap(1)[change.NEW][:3] == change.CLASS_COLOURS[change.NEW][:3]
-        np.testing.assert_array_equal(ds.read(1), result.classes)
+        np.testing.assert_array_equal(ds.read(1), result.classes_map)
     fc = json.loads((out / "change.geojson").read_text())
-    assert len(fc["features"]) == int(np.isin(result.classes, [change.NEW, change.GONE, change.PERSISTING]).sum())
-    for f in fc["features"]:
-        r, c = f["properties"]["cell_row"], f["properties"]["cell_col"]
-        assert f["properties"]["class"] == change.CLASS_NAMES[int(result.classes[r, c])]
-        assert f["properties"]["p_before"] == pytest.approx(float(result.p_before[r, c]), abs=1e-6)
-
-    # Metrics recomputed by hand: a cell truly holds class c when an object of class c lies in
-    # the 128-px (640 m) square centred on the cell.
+    assert len(fc["features"]) == len(result.classes)
+    assert [f["properties"]["class"] for f in fc["features"]] == [change.CLASS_NAMES[int(c)] for c in result.classes]
     metrics = json.loads((out / "metrics.json").read_text())
-    scored = result.classes != change.NODATA
-    for x, y, name, code in zip(px, py, ("new", "gone", "persisting"), (change.NEW, change.GONE, change.PERSISTING)):
-        true = (np.abs(xs - x) <= 320) & (np.abs(ys - y) <= 320) & scored
-        pred = (result.classes == code) & scored
-        tp, fp, fn = int((true & pred).sum()), int((~true & pred).sum()), int((true & ~pred).sum())
-        m = metrics["classes"][name]
-        assert (m["tp"], m["fp"], m["fn"]) == (tp, fp, fn)
-        assert m["iou"] == (pytest.approx(tp / (tp + fp + fn)) if tp + fp + fn else None)
+    # every truth object sits 22 m from a change object of its own class: all found
+    for i in reported:
+        name = change.CLASS_NAMES[int(result.classes[i])]
+        assert metrics[name]["recall"] == 1.0 and metrics["confusion"][name][name] >= 1
     prov = json.loads((out / "provenance.json").read_text())
     assert prov["inputs"]["before"]["id"] == a and prov["inputs"]["after"]["id"] == b
-    assert prov["change_grid"]["cell_size"] == result.grid.cell_size
     capsys.readouterr()
 
 
@@ -321,14 +313,9 @@ def test_change_across_crs_only_with_reproject(naip, dask_client, prefect, tmp_p
     with rasterio.open(out / "change.tif") as ds:
         assert ds.crs == store.survey(a).crs  # the grid is on BEFORE's CRS
     result = change.change_surveys(store, a, other, mid, reproject=True, client=dask_client)
-    # Each date still read at the cell centres, the after survey's in its own CRS.
-    from rasterio.warp import transform as warp_transform
-
-    xs, ys = result.grid.centres()
-    tx, ty = warp_transform(result.grid.crs, result.after.grid.crs, xs.ravel(), ys.ravel())
-    cols, rows = ~result.after.grid.transform * (np.reshape(tx, xs.shape), np.reshape(ty, xs.shape))
-    expected = maps.sample_tiles(result.after.probabilities, maps.tile_edges(result.after.grid), rows, cols)
-    np.testing.assert_allclose(result.p_after, expected, equal_nan=True)
+    assert result.crs == store.survey(a).crs and result.after.crs != result.crs
+    # The same place ~1 m apart: every object found on both dates is persisting or uncertain, none new/gone
+    assert result.counts()["new"] + result.counts()["gone"] <= 0.2 * max(1, len(result.classes))
 
 
 @pytest.mark.parametrize(

@@ -31,42 +31,41 @@ def _truth(points_lonlat, contexts):
     }
 
 
-def test_detection_metrics_against_sklearn():
-    from sklearn.metrics import (
-        average_precision_score,
-        f1_score,
-        precision_score,
-        recall_score,
-        roc_auc_score,
-    )
+def test_cell_metrics_label_cells_by_the_window_rule_and_score_like_sklearn():
+    from types import SimpleNamespace
 
-    grid = _grid(512, 512, 128, 128)  # 4 x 4 tiles, no overlap
+    from sklearn.metrics import average_precision_score, f1_score, precision_score, recall_score, roc_auc_score
+
+    # 6 x 6 cells of 10 m, window footprint 44 m: a target is in a cell's central half when
+    # within 11 m of its centre along both axes, in its window when within 22 m (no distance
+    # below lies near either edge, so the lon/lat round trip cannot move a cell across one).
+    transform = Affine(10.0, 0, 500_000.0, 0, -10.0, 5_200_000.0)
     rng = np.random.default_rng(3)
-    p = rng.random(grid.shape)
-    p[3, 3] = np.nan
-    xs, ys = grid.tile_centers()
-    where = [(0, 0), (1, 2), (2, 1), (3, 0)]
-    contexts = ["main_stream", "main_stream", "lake_outlet", "side_channel"]
-    lon, lat = warp_transform(UTM14, "EPSG:4326", [xs[w] for w in where], [ys[w] for w in where])
-    report = evaluate.detection_metrics(p, grid, _truth(list(zip(lon, lat)), contexts), threshold=0.5)
-    y = np.zeros(grid.shape, bool)
-    for w in where:
-        y[w] = True
-    scored = np.isfinite(p)
-    yt, ps = y[scored], p[scored]
-    overall = report["overall"]
-    assert overall["n_positive"] == 4 and overall["n_tiles"] == 15
-    assert overall["precision"] == pytest.approx(precision_score(yt, ps >= 0.5, zero_division=0))
-    assert overall["recall"] == pytest.approx(recall_score(yt, ps >= 0.5))
-    assert overall["f1"] == pytest.approx(f1_score(yt, ps >= 0.5))
-    assert overall["roc_auc"] == pytest.approx(roc_auc_score(yt, ps))
-    assert overall["average_precision"] == pytest.approx(average_precision_score(yt, ps))
-    # per context: its tiles against the tiles holding no object at all
-    ms = np.zeros(grid.shape, bool)
-    ms[0, 0] = ms[1, 2] = True
-    keep = scored & (ms | ~y)
-    assert report["by_context"]["main_stream"]["roc_auc"] == pytest.approx(roc_auc_score(ms[keep], p[keep]))
-    assert set(report["by_context"]) == {"main_stream", "lake_outlet", "side_channel"}
+    p = rng.random((6, 6))
+    p[5, 5] = np.nan
+    # One target at the centre of cell (1, 1); one on the corner shared by cells (3,3),(3,4),(4,3),(4,4).
+    xy = [transform * (1.5, 1.5), transform * (4.0, 4.0)]
+    lon, lat = warp_transform(UTM14, "EPSG:4326", [x for x, _ in xy], [y for _, y in xy])
+    truth = _truth(list(zip(lon, lat)), ["main_stream", "lake_outlet"])
+    pm = SimpleNamespace(values=p, transform=transform, crs=UTM14, footprint_m=44.0, threshold=0.5)
+    report = evaluate.cell_metrics(pm, truth)
+    # Worked by hand. Target A at (1.5, 1.5) cells: cells within 1 cell along both axes are
+    # central (rows/cols 0..2), within 2 cells (rows/cols 0..3) in the window only -> left out.
+    # Target B at the corner (4, 4): cells whose centre is within 1 cell are rows/cols 3..4
+    # (centres 3.5, 4.5), within 2 cells rows/cols 2..5.
+    y = np.zeros((6, 6), np.int8)
+    y[0:4, 0:4] = -1
+    y[2:6, 2:6] = -1
+    y[0:3, 0:3] = 1
+    y[3:5, 3:5] = 1
+    keep = np.isfinite(p) & (y >= 0)
+    yt, ps = y[keep] == 1, p[keep]
+    assert (report["n_tiles"], report["n_positive"]) == (int(keep.sum()), 13)
+    assert report["precision"] == pytest.approx(precision_score(yt, ps >= 0.5, zero_division=0))
+    assert report["recall"] == pytest.approx(recall_score(yt, ps >= 0.5))
+    assert report["f1"] == pytest.approx(f1_score(yt, ps >= 0.5))
+    assert report["roc_auc"] == pytest.approx(roc_auc_score(yt, ps))
+    assert report["average_precision"] == pytest.approx(average_precision_score(yt, ps))
 
 
 # ---------------------------------------------------------------------------------------------
