@@ -10,6 +10,8 @@ written there (stored tile probabilities are reused).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prefect import flow
 
 from flows.headlines import change_headline
@@ -27,7 +29,7 @@ def change_flow(
     after: str,
     model: str,
     store: str | None = None,
-    stride: int = 64,
+    stride: int | None = None,
     truth: str | None = None,
     thresholds: dict[str, float] | None = None,
     cluster: str | None = None,
@@ -35,6 +37,7 @@ def change_flow(
     reproject: bool = False,
     out: str | None = None,
     overwrite: bool = False,
+    where: dict[str, Any] | None = None,
 ) -> dict:
     """Flag tiles that are ``new``, ``gone`` or ``persisting`` from survey ``before`` to ``after`` (ids).
 
@@ -51,7 +54,7 @@ def change_flow(
         outcome = run.add(
             change_task(
                 str(st.root), before, after, ref, out or str(run.dir / "change" / f"{before}..{after}"),
-                stride=stride, truth=truth, thresholds=thresholds, run_id=run.run_id,
+                stride=stride, truth=truth, thresholds=thresholds, run_id=run.run_id, where=where,
                 reproject=reproject, overwrite=overwrite, rerun=bool(out),
             )
         )

@@ -13,6 +13,7 @@ stored tile probabilities are reused).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from prefect import flow
 
@@ -30,13 +31,14 @@ def detect_flow(
     surveys: list[str],
     model: str,
     store: str | None = None,
-    stride: int = 64,
+    stride: int | None = None,
     threshold: float | None = None,
     truth: str | None = None,
     cluster: str | None = None,
     workers: int | None = None,
     out: str | None = None,
     overwrite: bool = False,
+    where: dict[str, Any] | None = None,
 ) -> dict:
     """Detect on ``surveys`` (ids) with ``model`` (id, model file, or ``"latest"``); ``stride`` in px.
 
@@ -54,7 +56,7 @@ def detect_flow(
             run.add(
                 detect_task(
                     str(st.root), sid, ref, str(outs.get(sid, run.dir / "detect" / sid)),
-                    stride=stride, threshold=threshold, truth=truth, run_id=run.run_id,
+                    stride=stride, threshold=threshold, truth=truth, run_id=run.run_id, where=where,
                     overwrite=overwrite, rerun=sid in outs,
                 )
             )

@@ -56,13 +56,15 @@ def detection_headline(detect: dict) -> str:
     out = detect["outputs"]
     line = (
         f"detections on {out['survey_id']}: **{out['n_detections']}** "
-        f"({out['scored_tiles']} tiles scored, threshold {out['threshold']:.2f}, model {out['model_id']})"
+        f"({out['scored_cells']} cells scored, threshold {out['threshold']:.2f}, model {out['model_id']})"
     )
     if out.get("metrics"):
-        m = out["metrics"]["overall"]
-        line += "; vs truth " + ", ".join(
+        m = out["metrics"]["object"]
+        line += "; vs truth (objects) " + ", ".join(
             f"{k} {m[k]:.2f}" for k in ("precision", "recall", "f1") if isinstance(m.get(k), (int, float))
         )
+    if (out.get("drift") or {}).get("warning"):
+        line += f"; **drift warning**: {out['drift']['warning']}"
     return line
 
 
@@ -71,10 +73,11 @@ def change_headline(change: dict) -> str:
     counts = out["counts"]
     line = (
         f"change {out['before']} → {out['after']}: {counts.get('new', 0)} new, {counts.get('gone', 0)} gone, "
-        f"{counts.get('persisting', 0)} persisting cells"
+        f"{counts.get('persisting', 0)} persisting"
     )
-    classes = (out.get("metrics") or {}).get("classes", {})
-    f1 = {name: c["f1"] for name, c in classes.items() if c.get("f1") is not None}
+    metrics = out.get("metrics") or {}
+    f1 = {name: metrics[name]["f1"] for name in ("new", "gone", "persisting")
+          if isinstance(metrics.get(name), dict) and metrics[name].get("f1") is not None}
     if f1:
         line += "; F1 vs truth " + ", ".join(f"{name} {v:.2f}" for name, v in f1.items())
     return line

@@ -56,11 +56,10 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | N
 
 
 def top_detections(geojson_paths: Iterable[str | os.PathLike], n: int = 10) -> list[dict]:
-    """The ``n`` detections with the highest peak probability across detection GeoJSON files.
+    """The ``n`` most probable detections across detection GeoJSON files.
 
-    Each row: survey, detection id (its rank in its file), peak and mean probability, tile
-    count, confidence class, and the longitude/latitude of its peak tile (see
-    :func:`pipeline.maps.detections_geojson`).
+    Each row: survey, detection id (its rank in its file), probability, confidence class and
+    longitude/latitude (see :func:`pipeline.results.write_detection_maps`).
     """
     rows = []
     for path in geojson_paths:
@@ -70,15 +69,13 @@ def top_detections(geojson_paths: Iterable[str | os.PathLike], n: int = 10) -> l
                 {
                     "survey": p.get("survey_id", ""),
                     "id": p["id"],
-                    "peak_probability": float(p["peak_probability"]),
-                    "mean_probability": float(p["mean_probability"]),
-                    "tiles": int(p["tile_count"]),
+                    "probability": float(p["probability"]),
                     "confidence": p["confidence"],
-                    "lon": p["peak_lon"],
-                    "lat": p["peak_lat"],
+                    "lon": p["lon"],
+                    "lat": p["lat"],
                 }
             )
-    rows.sort(key=lambda r: (-r["peak_probability"], r["survey"], r["id"]))
+    rows.sort(key=lambda r: (-r["probability"], r["survey"], r["id"]))
     return rows[:n]
 
 

@@ -22,6 +22,7 @@ from flows.tasks import change_task, detect_task, features_task, ingest_task, re
 from pipeline.detect import model_spec, model_tile_size, resolve_model
 from pipeline.files import parse_date, survey_id_for
 from pipeline.store import Store
+from pipeline.tiling import DETECTION_STRIDE
 
 __all__ = ["survey_pipeline"]
 
@@ -34,8 +35,7 @@ def survey_pipeline(
     store: str | None = None,
     model: str | None = None,
     truth: str | None = None,
-    spec: str = "default",
-    stride: int = 64,
+    stride: int | None = None,
     threshold: float | None = None,
     bands: list[str] | None = None,
     overwrite: bool = False,
@@ -45,8 +45,7 @@ def survey_pipeline(
 ) -> dict:
     """Ingest ``path`` as ``<area>-<date>``, compute features, and (given a model) detect and compare.
 
-    ``stride`` is the detection tile stride in pixels; ``spec`` the feature spec when no model
-    is given (a model brings its own); ``truth`` an optional ground-truth GeoJSON for metrics;
+    ``stride`` is a classic model's tile stride in pixels (a cnn model has its own output grid); ``truth`` an optional ground-truth GeoJSON for metrics;
     ``threshold`` overrides the model's decision threshold; ``sha256`` is the file's hash when
     the caller already knows it (the watch flow).
     """
@@ -58,17 +57,19 @@ def survey_pipeline(
     root = str(st.root)
     detect = change = None
     with run.failing(), cluster_session(cluster, workers):
-        size = 128
+        classifier = None
         if model is not None:
             model = resolve_model_id(st, model)
             classifier = resolve_model(st, model)
-            spec, size = model_spec(classifier).id, model_tile_size(classifier)
         ingested = run.add(
             ingest_task(root, str(path), area, str(date), sha256=sha256, bands=bands, overwrite=overwrite, run_id=run.run_id)
         )
-        feats = run.add(features_task(root, survey_id, spec=spec, stride=stride, size=size, run_id=run.run_id))
+        feats = None
+        if classifier is not None and classifier.model_type == "classic":  # a cnn reads the pixels themselves
+            feats = run.add(features_task(root, survey_id, spec=model_spec(classifier).id, stride=stride or DETECTION_STRIDE,
+                                          size=model_tile_size(classifier), run_id=run.run_id))
         if model is None:
-            logger.info("no model given: %s stops after features (pass model=ID or 'latest' to detect)", survey_id)
+            logger.info("no model given: %s stops after ingest (pass model=ID or 'latest' to detect)", survey_id)
         else:
             detect = run.add(
                 detect_task(
@@ -92,7 +93,8 @@ def survey_pipeline(
     out = ingested["outputs"]
     headline = [
         f"survey **{survey_id}**: {out['width']} x {out['height']} px",
-        f"tiles: {feats['outputs']['valid_tiles']} with data of {feats['outputs']['tiles']} (stride {stride} px)",
+        *([f"tiles: {feats['outputs']['valid_tiles']} with data of {feats['outputs']['tiles']} (stride {stride or DETECTION_STRIDE} px)"]
+          if feats else []),
     ]
     maps: dict[str, str] = {}
     if detect is not None:
@@ -108,7 +110,7 @@ def survey_pipeline(
             "survey_id": survey_id,
             "model_id": model,
             "ingest": out,
-            "features": feats["outputs"],
+            "features": feats["outputs"] if feats else None,
             "detect": detect["outputs"] if detect else None,
             "change": change["outputs"] if change else None,
         },

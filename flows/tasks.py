@@ -26,17 +26,20 @@ from flows.failures import retry_transient
 from flows.resume import Stage
 from flows.session import in_process, stage_client
 from pipeline.change import ChangeThresholds, change_surveys
-from pipeline.detect import detect_survey, open_predictions, resolve_model
+from pipeline.detect import detect_survey, resolve_model
+from pipeline.drift import check_drift
 from pipeline.errors import DamwatchError, InputError
 from pipeline.features import compute_features, features_path, get_spec, open_features
 from pipeline.files import file_sha256, jsonable, survey_id_for
 from pipeline.ingest import ingest
 from pipeline.labels import labels_from_expression, labels_from_vector, labels_path, open_labels
+from pipeline.pixels import InputSpec
 from pipeline.results import write_change_maps, write_detection_maps
 from pipeline.store import Store
 from pipeline.synthetic import generate_area
 from pipeline.tiling import TileGrid
 from pipeline.training import TrainingSettings, train_model
+from pipeline.truth import read_truth
 
 __all__ = [
     "resolve_model_id",
@@ -275,31 +278,46 @@ def train_task(
     survey_ids: list[str],
     settings: dict[str, Any] | None = None,
     run_id: str | None = None,
+    truth: str | None = None,
+    where: dict[str, Any] | None = None,
 ) -> dict:
-    """Train a classifier data-parallel on the labelled tiles of ``survey_ids``.
+    """Train a model data-parallel on ``survey_ids``.
 
     ``settings``: :class:`pipeline.training.TrainingSettings` as plain data (unknown keys are
-    refused; what is not given keeps its default). The weights do not depend on the number of
-    workers, so it is not an input. In a cluster session of one local worker (``--workers 1``
-    and no cluster configured) it trains in this process, without Dask.
+    refused; what is not given keeps its default). A cnn model learns from ``truth`` (a GeoJSON
+    path; targets chosen by ``where``) or, without it, from the stored label set the settings
+    name; a classic model from stored features and labels. The weights do not depend on the
+    number of workers, so it is not an input. In a cluster session of one local worker
+    (``--workers 1`` and no cluster configured) it trains in this process, without Dask.
     """
     store = Store(store_root)
     chosen = TrainingSettings.from_dict(settings)
-    inputs = {
-        "surveys": {s: store.survey(s).source_sha256 for s in survey_ids},
-        "labels": {s: labels_digest(store, s, chosen.labels, chosen.stride, chosen.size) for s in survey_ids},
-        "features": get_spec(chosen.spec).id,
-        "settings": chosen.to_dict(),
-    }
-    stage = Stage(store, "train", "+".join(survey_ids), inputs, run_id, get_run_logger())
+    inputs: dict[str, Any] = {"surveys": {s: store.survey(s).source_sha256 for s in survey_ids}, "settings": chosen.to_dict()}
+    if chosen.model_type == "cnn" and truth is not None:
+        inputs.update(truth_sha256=file_sha256(truth), where=where)
+    else:
+        inputs["labels"] = {s: labels_digest(store, s, chosen.labels, chosen.stride, chosen.size) for s in survey_ids}
+    if chosen.model_type == "classic":
+        inputs["features"] = get_spec(chosen.spec).id
+    stage = Stage(store, "train", f"{chosen.model_type}:{'+'.join(survey_ids)}", inputs, run_id, get_run_logger())
     if (skipped := stage.previous(lambda o: (store.models_dir / f"{o['model_id']}.json").is_file())) is not None:
         return skipped
+    truth_data = read_truth(truth) if truth is not None and chosen.model_type == "cnn" else None
     if in_process():
-        _, model_id, report = train_model(store, survey_ids, chosen, workers=1)
+        _, model_id, report = train_model(store, survey_ids, chosen, truth_data, where, workers=1)
     else:
         with stage_client() as client:
-            _, model_id, report = train_model(store, survey_ids, chosen, client=client)
+            _, model_id, report = train_model(store, survey_ids, chosen, truth_data, where, client=client)
     return stage.done({"model_id": model_id, "report": report.to_dict()})
+
+
+def drift_of(store: Store, survey_id: str, model: str) -> dict | None:
+    """The drift check of a survey against a cnn model's training imagery (None for classic models)."""
+    clf = resolve_model(store, model)
+    stats = ((clf.metadata or {}).get("training") or {}).get("band_statistics")
+    if clf.model_type != "cnn" or not stats:
+        return None
+    return check_drift(store.survey(survey_id), stats, InputSpec.from_dict(clf.feature_spec).bands)
 
 
 @task(name="detect", retries=2, retry_delay_seconds=[2, 10], retry_condition_fn=retry_transient, cache_policy=NO_CACHE)
@@ -308,20 +326,22 @@ def detect_task(
     survey_id: str,
     model: str,
     out_dir: str,
-    stride: int = 64,
+    stride: int | None = None,
     threshold: float | None = None,
     truth: str | None = None,
     run_id: str | None = None,
     overwrite: bool = False,
     rerun: bool = False,
+    where: dict[str, Any] | None = None,
 ) -> dict:
-    """Score every tile of ``survey_id`` with ``model`` and write its maps into ``out_dir``.
+    """Score ``survey_id`` with ``model`` and write its maps into ``out_dir``.
 
-    Outputs: the prediction grid in the store and, in ``out_dir``, the files of
-    :func:`pipeline.results.write_detection_maps`. ``overwrite`` lets the maps replace results
-    already in ``out_dir`` (else refused); ``rerun`` writes the maps even when a completed
-    record matches (an ``out_dir`` the user chose must get them; stored tile probabilities are
-    still reused).
+    Outputs: the probability map in the store and, in ``out_dir``, the files of
+    :func:`pipeline.results.write_detection_maps`. ``stride``: a classic model's tile stride.
+    ``overwrite`` lets the maps replace results already in ``out_dir`` (else refused);
+    ``rerun`` writes the maps even when a completed record matches (an ``out_dir`` the user
+    chose must get them; the stored probability map is still reused). A survey unlike the
+    model's training imagery is scored with a warning (``outputs["drift"]``).
     """
     store = Store(store_root)
     survey = store.survey(survey_id)
@@ -332,30 +352,30 @@ def detect_task(
         "stride": stride,
         "threshold": threshold,
         "truth_sha256": _truth_sha(truth),
+        "where": where,
     }, run_id, get_run_logger())
 
-    def still_there(outputs: Mapping[str, Any]) -> bool:
-        try:
-            open_predictions(store, model_id, survey_id)
-        except DamwatchError:
-            return False
-        return _files_exist(outputs)
-
-    if not rerun and (skipped := stage.previous(still_there)) is not None:
+    if not rerun and (skipped := stage.previous(_files_exist)) is not None:
         return skipped
+    drift = drift_of(store, survey_id, _loadable(model, model_id))
+    if drift and drift.get("warning"):
+        get_run_logger().warning("%s", drift["warning"])
     with stage_client() as client:
-        predictions = detect_survey(store, survey_id, _loadable(model, model_id), stride=stride, client=client)
+        pm = detect_survey(store, survey_id, _loadable(model, model_id), stride=stride, client=client)
         written = write_detection_maps(
-            store, predictions, out_dir, threshold=threshold, truth=truth, overwrite=overwrite, client=client
+            store, pm, out_dir, threshold=threshold, truth=truth, overwrite=overwrite, client=client, where=where,
+            drift=drift,
         )
     return stage.done({
         "survey_id": survey_id,
         "model_id": model_id,
-        "predictions": predictions.path,
-        "scored_tiles": int(np.isfinite(predictions.probabilities).sum()),
-        "threshold": float(predictions.threshold if threshold is None else threshold),
+        "model_type": pm.model_type,
+        "predictions": pm.path,
+        "scored_cells": int(np.isfinite(pm.values).sum()),
+        "threshold": float(pm.threshold if threshold is None else threshold),
         "n_detections": int(written["n_detections"]),
         "metrics": written.get("metrics"),
+        "drift": drift,
         "files": _paths(written),
     })
 
@@ -367,25 +387,27 @@ def change_task(
     after_id: str,
     model: str,
     out_dir: str,
-    stride: int = 64,
+    stride: int | None = None,
     truth: str | None = None,
     thresholds: dict[str, float] | None = None,
     run_id: str | None = None,
     reproject: bool = False,
     overwrite: bool = False,
     rerun: bool = False,
+    where: dict[str, Any] | None = None,
 ) -> dict:
     """Compare ``before_id`` and ``after_id`` under ``model``; write the change maps into ``out_dir``.
 
     ``thresholds``: ``high``, ``low``, ``min_difference`` probabilities of the change hysteresis
-    (:class:`pipeline.change.ChangeThresholds`; default: its defaults). ``reproject``: compare
-    surveys in different CRSs on a grid in the before survey's CRS. ``overwrite`` and ``rerun``
-    as for :func:`detect_task`.
+    (:class:`pipeline.change.ChangeThresholds`; default: relative to the model's threshold).
+    ``reproject``: compare surveys in different CRSs in the before survey's CRS. ``overwrite``
+    and ``rerun`` as for :func:`detect_task`.
     """
     store = Store(store_root)
     before, after = store.survey(before_id), store.survey(after_id)
     model_id = resolve_model_id(store, model)
-    cut = ChangeThresholds(**dict(thresholds or {}))
+    model_threshold = resolve_model(store, _loadable(model, model_id)).threshold
+    cut = ChangeThresholds(**thresholds) if thresholds else ChangeThresholds.for_model(model_threshold)
     inputs = {
         "before_sha256": before.source_sha256,
         "after_sha256": after.source_sha256,
@@ -393,6 +415,7 @@ def change_task(
         "stride": stride,
         "thresholds": cut.to_dict(),
         "truth_sha256": _truth_sha(truth),
+        "where": where,
     }
     if reproject:  # only when set, so records made before the option existed still match
         inputs["reproject"] = True
@@ -404,12 +427,12 @@ def change_task(
             store, before_id, after_id, _loadable(model, model_id), stride=stride, thresholds=cut,
             reproject=reproject, client=client,
         )
-        written = write_change_maps(store, result, out_dir, truth=truth, overwrite=overwrite, client=client)
+        written = write_change_maps(store, result, out_dir, truth=truth, overwrite=overwrite, client=client, where=where)
     return stage.done({
         "before": before_id,
         "after": after_id,
         "model_id": model_id,
-        "grid": {"shape": list(result.grid.shape), "cell_size": float(result.grid.cell_size)},
+        "radius_m": result.radius_m,
         "counts": written["counts"],
         "metrics": written.get("metrics"),
         "files": _paths(written),
@@ -426,16 +449,20 @@ def synth_task(
     seed: int = 7,
     workers: int | None = None,
     run_id: str | None = None,
+    pixel_size: float = 1.0,
+    layout: str = "natural",
 ) -> dict:
     """Generate a synthetic area (one GeoTIFF per date + truth GeoJSON) into ``out_dir``.
 
-    ``size`` is the raster edge in pixels (1 m); the same (area, dates, size, seed) always gives
-    the same bytes, so an existing output for those settings is reused.
+    ``size`` is the raster edge in pixels of ``pixel_size`` metres; the same settings always
+    give the same bytes, so an existing output for those settings is reused.
     """
     dates = list(dates or ["2023-06-01", "2024-06-01"])
     store = Store(store_root)
-    stage = Stage(store, "synth", f"{area}-{size}-{seed}", {"area": area, "dates": dates, "size": size, "seed": seed},
-                  run_id, get_run_logger())
+    inputs: dict[str, Any] = {"area": area, "dates": dates, "size": size, "seed": seed}
+    if (pixel_size, layout) != (1.0, "natural"):  # only when set, so records made before still match
+        inputs.update(pixel_size=pixel_size, layout=layout)
+    stage = Stage(store, "synth", f"{area}-{size}-{seed}", inputs, run_id, get_run_logger())
 
     def still_there(outputs: Mapping[str, Any]) -> bool:
         return all(Path(p).is_file() for p in [*outputs["surveys"].values(), outputs["truth"]])
@@ -444,10 +471,12 @@ def synth_task(
         return skipped
     # Replace only an earlier synthetic area (it has a manifest), never a directory of other files.
     ours = (Path(out_dir) / "synth.json").is_file()
-    result = generate_area(out_dir, area, dates, size=size, seed=seed, workers=workers, overwrite=ours)
+    result = generate_area(out_dir, area, dates, size=size, seed=seed, workers=workers, overwrite=ours,
+                           pixel_size=pixel_size, layout=layout)
     return stage.done({
         "area": area,
         "surveys": {d: str(p) for d, p in result.surveys.items()},
         "truth": str(result.truth),
+        "shapes": str(result.shapes),
         "quicklooks": {d: str(p) for d, p in result.quicklooks.items()},
     })

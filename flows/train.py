@@ -1,11 +1,13 @@
-"""The ``train`` flow: train a tile classifier on surveys in the store.
+"""The ``train`` flow: train a detector on surveys in the store.
 
-    features (stride 128) ──┐
-    labels (truth GeoJSON) ─┴─▶ train (data-parallel on Dask, region hold-out) ──▶ model
+    cnn (default):   survey pixels + truth GeoJSON (or stored labels) ─▶ windows ─▶ train
+    classic:         features ──┐
+                     labels ────┴─▶ train (data-parallel on Dask, region hold-out) ──▶ model
 
-Labels come from a ground-truth GeoJSON (``truth``: the objects standing on each survey's date,
-filtered by ``where``, e.g. ``{"class": "dam"}``) or, without ``truth``, from the label set the
-settings name, already in the store (``damwatch labels``). The model is saved in
+A cnn model learns from windows cut around the truth's objects (``truth``: targets chosen by
+``where``, e.g. ``{"class": "dam"}``, look-alikes by their ``kind``) or, without ``truth``,
+from the label set the settings name (``damwatch labels``). A classic model trains on stored
+features and tile labels (made from ``truth`` first when given). The model is saved in
 ``<store>/models/<model_id>.{npz,json}``; the run summary holds the epochs, the validation and
 held-out test metrics and the seconds, and ``runs/<run_id>/train-report.json`` the full training
 report (history per epoch, metrics, tile counts, region columns). Skipped when surveys, labels
@@ -56,14 +58,16 @@ def train_flow(
     run = RunRecord(st, "train", params)
     root = str(st.root)
     with run.failing(), cluster_session(cluster, workers):
-        for sid in surveys:
-            if make_features:
-                run.add(features_task(root, sid, spec=chosen.spec, stride=chosen.stride, size=chosen.size,
-                                      run_id=run.run_id))
-            if truth is not None:
-                run.add(labels_task(root, sid, truth, where=where, stride=chosen.stride, size=chosen.size,
-                                    run_id=run.run_id, name=chosen.labels))
-        trained = run.add(train_task(root, surveys, settings=chosen.to_dict(), run_id=run.run_id))
+        if chosen.model_type == "classic":  # the cnn reads its windows from the survey and the truth itself
+            for sid in surveys:
+                if make_features:
+                    run.add(features_task(root, sid, spec=chosen.spec, stride=chosen.stride, size=chosen.size,
+                                          run_id=run.run_id))
+                if truth is not None:
+                    run.add(labels_task(root, sid, truth, where=where, stride=chosen.stride, size=chosen.size,
+                                        run_id=run.run_id, name=chosen.labels))
+        trained = run.add(train_task(root, surveys, settings=chosen.to_dict(), run_id=run.run_id,
+                                     truth=truth if chosen.model_type == "cnn" else None, where=where))
     report = write_json(run.dir / "train-report.json", trained["outputs"]["report"])
     summary = train_summary(trained["outputs"]["report"])
     return run.finish(

@@ -35,8 +35,7 @@ def watch_flow(
     inbox: str,
     store: str | None = None,
     model: str | None = None,
-    spec: str = "default",
-    stride: int = 64,
+    stride: int | None = None,
     settle_seconds: float = 10.0,
     cluster: str | None = None,
     workers: int | None = None,
@@ -44,8 +43,7 @@ def watch_flow(
     """Run the survey pipeline on every new GeoTIFF in ``inbox``.
 
     ``settle_seconds``: files modified more recently than this are left for the next run (they
-    may still be being copied). ``model``: model id, or ``"latest"``, or None (ingest and
-    features only). Other parameters as for ``survey_pipeline``.
+    may still be being copied). ``model``: model id, or ``"latest"``, or None (ingest only). Other parameters as for ``survey_pipeline``.
     """
     params = dict(locals())
     logger = get_run_logger()
@@ -88,7 +86,6 @@ def watch_flow(
                     date=item.date.isoformat(),
                     store=str(st.root),
                     model=model_id,
-                    spec=spec,
                     stride=stride,
                     sha256=sha,
                     cluster=cluster,

@@ -59,6 +59,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="choose the targets by property (repeatable; default: class=dam)")
     parser.add_argument("--model", default=None, help="with --survey: the model whose predictions to score (id or 'latest')")
     parser.add_argument("--labels", default=None, metavar="NAME", help="with --survey: the stored label set")
+    parser.add_argument("--grid", default=None, metavar="KEY",
+                        help="with --survey: which stored probability map, when the model has several for the survey "
+                        "(e.g. size128_stride64; the error lists them)")
     parser.add_argument("--size", type=int, default=128, metavar="PX", help="with --survey: tile edge of the labels (default: 128)")
     parser.add_argument("--stride", type=int, default=128, metavar="PX", help="with --survey: tile stride of the labels (default: 128)")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
@@ -113,11 +116,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _score_labels(args: argparse.Namespace) -> dict:
-    from pipeline.detect import open_predictions, resolve_model
+    from pipeline.detect import open_probability_map, resolve_model
     from pipeline.errors import InputError
     from pipeline.evaluate import score_on_labels
     from pipeline.labels import open_labels
-    from pipeline.maps import probability_map
     from pipeline.results import check_probability
 
     if not args.model or not args.labels:
@@ -126,11 +128,10 @@ def _score_labels(args: argparse.Namespace) -> dict:
     survey = store.survey(args.survey)
     model_id = resolve_model(store, args.model).model_id
     labels = open_labels(store, survey.id, args.labels, args.stride, args.size)
-    predictions = open_predictions(store, model_id, survey.id)
-    threshold = check_probability(predictions.threshold if args.threshold is None else args.threshold)
-    values, transform = probability_map(predictions.probabilities, predictions.grid)
-    report = score_on_labels(values, transform, predictions.grid.crs, labels, threshold)
-    return {"survey": survey.id, "model_id": model_id, **report}
+    prediction = open_probability_map(store, model_id, survey.id, args.grid)
+    threshold = check_probability(prediction.threshold if args.threshold is None else args.threshold)
+    report = score_on_labels(prediction.values, prediction.transform, prediction.crs, labels, threshold)
+    return {"survey": survey.id, "model_id": model_id, "grid": prediction.grid, **report}
 
 
 def _fmt(v) -> str:

@@ -1,4 +1,4 @@
-"""Run the whole pipeline on one new survey: ingest -> features -> detect -> change.
+"""Run the whole pipeline on one new survey: ingest -> detect -> change.
 
 Runs the Prefect flow `survey_pipeline`, so the run appears in Prefect's run history (on the
 server PREFECT_API_URL names, else on Prefect's temporary local server). The survey is
@@ -13,8 +13,8 @@ GeoJSON, PNG), summary.json and provenance.json.
   damwatch run creek_2024-06-01.tif --area creek --date 2024-06-01 --model latest
   damwatch run new.tif --area creek --date 2025-06-01 --model 3f9a2c1d0b7e --truth truth.geojson
 
-Without --model the run stops after features (useful to prepare a survey for training).
-Defaults: --stride 64 px (half a 128-px tile), the model's own decision threshold.
+Without --model the run stops after ingest (useful to prepare a survey for training).
+Defaults: the model's own output grid and decision threshold (--stride: a classic model's tile stride).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import argparse
 from flows.commands._common import add_cluster_arguments, add_store_argument, prepare_flow_run
 
 NAME = "run"
-HELP = "run the pipeline on a new survey: ingest, features, detect, change (a Prefect flow)"
+HELP = "run the pipeline on a new survey: ingest, detect, change (a Prefect flow)"
 ORDER = 50
 
 
@@ -34,9 +34,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--date", required=True, help="survey date, YYYY-MM-DD")
     parser.add_argument("--model", default=None, help="model id, model .json file, or 'latest' (default: none)")
     parser.add_argument("--truth", metavar="FILE", default=None, help="ground-truth GeoJSON: adds metrics")
-    parser.add_argument("--stride", type=int, default=64, help="detection tile stride in pixels (default: 64)")
+    parser.add_argument("--stride", type=int, default=None, help="a classic model's tile stride in pixels (default: 64)")
     parser.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the model's)")
-    parser.add_argument("--spec", default="default", help="feature spec when no --model (default: default)")
     parser.add_argument("--bands", metavar="NAMES", default=None, help="band names in file order, e.g. red,green,blue,nir")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing survey from another file")
     add_store_argument(parser)
@@ -55,7 +54,6 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         model=args.model,
         truth=args.truth,
-        spec=args.spec,
         stride=args.stride,
         threshold=args.threshold,
         bands=args.bands.split(",") if args.bands else None,

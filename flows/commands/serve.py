@@ -41,7 +41,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     when.add_argument("--cron", default=None, help='cron schedule (default "0 6 * * *": daily 06:00 UTC)')
     when.add_argument("--interval", type=float, default=None, metavar="SECONDS", help="run every SECONDS instead")
     parser.add_argument("--model", default=None, help="model id for detection, or 'latest' (default: none)")
-    parser.add_argument("--spec", default="default", help="feature spec without a model (default: default)")
     parser.add_argument("--stride", type=int, default=64, help="detection tile stride in pixels (default: 64)")
     parser.add_argument(
         "--settle", type=float, default=10.0, metavar="SECONDS",
@@ -70,7 +69,6 @@ def run(args: argparse.Namespace) -> int:
         interval=args.interval,
         parameters={
             "model": args.model,
-            "spec": args.spec,
             "stride": args.stride,
             "settle_seconds": args.settle,
             "cluster": args.cluster,

@@ -90,7 +90,7 @@ def test_run_command_runs_the_survey_pipeline_flow(prefect, tmp_path, write_surv
     ])
     assert code == 0
     out = capsys.readouterr().out
-    assert "survey creek-2024-06-01: ingest done, features done" in out
+    assert "survey creek-2024-06-01: ingest done" in out  # no model: the run stops after ingest
     import numpy as np
 
     np.testing.assert_array_equal(Store(tmp_path / "st").survey("creek-2024-06-01").image()[...], pixels)

@@ -103,7 +103,7 @@ def test_stored_predictions_scored_against_labels_on_another_grid(store, capsys,
     from ann.io import Classifier, save_model
     from ann.network import MLP
     from ann.standardize import Standardizer
-    from pipeline.detect import Predictions, save_predictions
+    from pipeline.detect import _create_map_array
     from pipeline.ingest import ingest
     from pipeline.labels import TileLabels, save_labels
     from pipeline.tiling import TileGrid
@@ -117,9 +117,12 @@ def test_stored_predictions_scored_against_labels_on_another_grid(store, capsys,
     survey = ingest(path, "pond", "2024-06-01", store).survey
     clf = Classifier(MLP(2, (2,), seed=0), Standardizer(np.zeros(2), np.ones(2)), {"name": "t", "names": ["a", "b"]}, 0.5, {})
     model_id = save_model(clf, store.models_dir)
-    pgrid = TileGrid.for_survey(survey, size=64, stride=64)
-    save_predictions(store, Predictions(survey.id, model_id, np.array([[0.9, 0.1], [0.2, 0.8]], np.float32), pgrid,
-                                        0.5, {}))
+    # A map on 64-m cells (two by two over the survey), stored the way detect stores it.
+    attrs = {"survey_id": survey.id, "model_id": model_id, "model_type": "classic", "grid": "size64_stride64",
+             "threshold": 0.5, "footprint_m": 64.0, "cell_m": 64.0, "reading": {}, "spec": {},
+             "crs_wkt": survey.crs.to_wkt(), "transform": list(Affine(64.0, 0, X0, 0, -64.0, Y0))[:6]}
+    with store.new_group(f"predictions/{model_id}/{survey.id}/size64_stride64", attrs) as group:
+        _create_map_array(group, (2, 2), (2, 2))[...] = np.array([[0.9, 0.1], [0.2, 0.8]], np.float32)
     lgrid = TileGrid.for_survey(survey, size=32, stride=32)
     values = np.zeros((4, 4), np.int8)
     values[:2, :2] = 1  # top-left quadrant: water, predicted 0.9
