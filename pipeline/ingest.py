@@ -9,7 +9,8 @@ each read a strip of chunks and write them straight into Zarr: no pixel travels 
 workers and no task holds more than one strip (DESIGN decision 11). The group is written with
 :meth:`pipeline.store.Store.new_group`, so an interrupted ingest never leaves a survey that
 looks complete. Ingesting the same file again does nothing; a different file under an existing
-survey id is refused unless ``overwrite``.
+survey id is refused unless ``overwrite`` — also when another process creates that survey while
+this one copies (the final rename refuses atomically).
 
 Band names come from ``bands``, else the file's band descriptions, else its colour
 interpretation, else ``band1..bandN``: a 4-band file is never guessed to hold near-infrared.
@@ -182,7 +183,11 @@ def _strips(height: int, width: int, edge: int, count: int, itemsize: int) -> li
 
 
 def _valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(y, x) bool: false where any band equals nodata or is NaN."""
+    """(y, x) bool: false where any band equals nodata or is not finite (NaN, ±inf).
+
+    An infinite value is no measurement: every statistic of a tile holding one would be
+    NaN or infinite.
+    """
     valid = np.ones(pixels.shape[1:], dtype=bool)
     if nodata is not None:
         if np.isnan(nodata):
@@ -190,7 +195,7 @@ def _valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
         else:
             valid &= ~(pixels == pixels.dtype.type(nodata)).any(axis=0)
     if pixels.dtype.kind == "f":
-        valid &= ~np.isnan(pixels).any(axis=0)
+        valid &= np.isfinite(pixels).all(axis=0)
     return valid
 
 
@@ -349,12 +354,28 @@ def ingest(
         "spatial:registration": "pixel",
     }
 
-    with store.new_group(f"surveys/{survey_id}", consolidate=True) as group:
-        # Consolidated: one read opens the survey (xarray.open_zarr too).
-        _create_arrays(group, source, edge)
-        strips = _strips(source.height, source.width, edge, source.count, np.dtype(source.dtype).itemsize)
-        _run_copy(source, str(group.store.root), strips, client, desc=f"ingest {survey_id}")
-        group.attrs.update({**attrs, "source_sha256": sha_future.result()})
+    itemsize = np.dtype(source.dtype).itemsize
+    raw_bytes = source.height * source.width * (source.count * itemsize + 1)  # pixels + valid mask, uncompressed
+    try:
+        # Consolidated: one read opens the survey (xarray.open_zarr too). Without --overwrite the
+        # final rename refuses a survey that another process created meanwhile (atomically).
+        with store.new_group(
+            f"surveys/{survey_id}", consolidate=True, replace=existing is not None or overwrite, expected_bytes=raw_bytes
+        ) as group:
+            _create_arrays(group, source, edge)
+            strips = _strips(source.height, source.width, edge, source.count, itemsize)
+            _run_copy(source, str(group.store.root), strips, client, desc=f"ingest {survey_id}")
+            group.attrs.update({**attrs, "source_sha256": sha_future.result()})
+    except FileExistsError:
+        other = store.survey(survey_id)
+        if other.source_sha256 == sha_future.result() and other.bands == source.band_names:
+            return IngestResult(other, "unchanged")
+        raise StoreError(
+            f"survey {survey_id} was created in {store.root} by another process while {path.name} was "
+            f"being ingested, from {other.source_name} (sha256 {other.source_sha256[:12]}…), which "
+            f"differs; nothing of {path.name} was kept; pass --overwrite to replace it, or ingest under "
+            f"another --area or --date"
+        ) from None
     status: Literal["ingested", "replaced"] = "replaced" if existing is not None else "ingested"
     return IngestResult(store.survey(survey_id), status)
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Sequence
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "wait_with_progress"]
+__all__ = ["progress_bar", "wait_with_progress", "cancel_and_drain"]
 
 
 def progress_bar(total: int, desc: str, unit: str = "task", disable: bool | None = None):
@@ -21,7 +22,9 @@ def progress_bar(total: int, desc: str, unit: str = "task", disable: bool | None
 def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk") -> list:
     """Wait for Dask ``futures`` with a progress bar; return their results in the given order.
 
-    The first failure is raised as soon as it arrives, with the other futures cancelled.
+    The first failure is raised as soon as it arrives, with the other futures cancelled and
+    once the tasks already running have ended (:func:`cancel_and_drain`): a task that writes
+    into a staging directory must not go on writing after the caller removed it.
     """
     from distributed import as_completed  # here: ~0.4 s, and only Dask runs need it
 
@@ -32,7 +35,39 @@ def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk") -> lis
                     future.result()  # raises the task's exception here, on the driver
                 bar.update(1)
         except BaseException:
-            for future in futures:
-                future.cancel()
+            cancel_and_drain(futures)
             raise
     return [future.result() for future in futures]
+
+
+_RUNNING_STATES = ("executing", "long-running", "cancelled", "resumed")
+
+
+def _running_keys(dask_worker) -> list:
+    """On a worker: the keys of the tasks still executing there (cancelled ones included)."""
+    return [key for key, ts in dask_worker.state.tasks.items() if ts.state in _RUNNING_STATES]
+
+
+def cancel_and_drain(futures: Sequence, timeout: float = 60.0) -> None:
+    """Cancel ``futures`` and wait (up to ``timeout`` s) until none of their tasks still runs.
+
+    Cancelling a future does not stop a task a worker is executing: it runs to its end, and
+    its writes land after the caller has moved on. Waiting for them lets the caller clean up
+    for good. Best effort: a worker that cannot be asked (lost) is not waited for.
+    """
+    futures = [f for f in futures if f is not None]
+    if not futures:
+        return
+    client = futures[0].client
+    keys = {f.key for f in futures}
+    for future in futures:
+        future.cancel()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_running_keys, on_error="ignore")
+        except Exception:  # noqa: BLE001 - the cluster is gone: nothing runs there any more
+            return
+        if not any(key in keys for found in running.values() if isinstance(found, list) for key in found):
+            return
+        time.sleep(0.05)
