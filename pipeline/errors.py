@@ -39,5 +39,5 @@ class ClusterUnavailable(ResourceError, ConnectionError):
     transient = True
 
 
-class DiskFull(ResourceError, OSError):
+class DiskFull(ResourceError):
     """No space left where damwatch writes: retrying cannot help until space is freed."""

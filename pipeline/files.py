@@ -221,7 +221,6 @@ def disk_full(exc: BaseException, final: Path, written: int = 0, expected_bytes:
         else f"delete files you no longer need on that disk"
     )
     return DiskFull(
-        errno.ENOSPC,
         f"the disk holding {where} is full: writing {getattr(exc, 'filename', None) or final} failed "
         f"({getattr(exc, 'strerror', None) or exc}); {final.name} needs {need} and {_megabytes(free)} is free "
         f"now (nothing was kept of the partial write); {hint}, or point --store at a larger disk; "

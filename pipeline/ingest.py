@@ -37,7 +37,7 @@ from zarr.codecs import ZstdCodec
 
 from pipeline import __version__
 from pipeline.errors import InputError, StoreError
-from pipeline.files import file_sha256, parse_date, survey_id_for
+from pipeline.files import file_sha256, is_disk_full, parse_date, survey_id_for
 from pipeline.progress import progress_bar, wait_with_progress
 from pipeline.store import Store, Survey
 from pipeline.tiling import DEFAULT_TILE_SIZE
@@ -205,7 +205,9 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
     Returns the number of valid pixels, or, when the file cannot be read there, a sentence
     saying where and why: a corrupt file is an expected outcome, not a task failure, so it is
     reported to the driver (which raises it as a user error) rather than logged as a crash by
-    the worker. Runs on a worker: opens the file and the Zarr arrays by path.
+    the worker. A full disk is reported the same way, as the OSError itself (the driver raises
+    it, and the staging turns it into one DiskFull paragraph). Runs on a worker: opens the
+    file and the Zarr arrays by path.
     """
 
     r0, r1, c0, c1 = strip
@@ -215,10 +217,39 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
     except RasterioError as exc:
         return f"rows {r0}-{r1}, columns {c0}-{c1}: {exc}"
     valid = _valid_mask(pixels, nodata)
-    group = zarr.open_group(group_path, mode="r+")
-    group["image"][:, r0:r1, c0:c1] = pixels
-    group["valid"][r0:r1, c0:c1] = valid
+    try:
+        group = zarr.open_group(group_path, mode="r+")
+        group["image"][:, r0:r1, c0:c1] = pixels
+        group["valid"][r0:r1, c0:c1] = valid
+    except OSError as exc:
+        if is_disk_full(exc):
+            _settle_zarr_writes()
+            return OSError(exc.errno, exc.strerror, exc.filename)
+        raise
     return int(valid.sum())
+
+
+def _settle_zarr_writes(timeout: float = 10.0) -> None:
+    """Wait for the chunk writes zarr still has in flight in this process.
+
+    zarr writes a selection's chunks concurrently on its own event loop and raises at the first
+    failure, leaving the other writes running. After a full disk they would land in the staging
+    directory once the driver has removed it, recreating it as debris; so the task returns only
+    once they have ended (they fail fast on a full disk).
+    """
+    import asyncio
+
+    from zarr.core.sync import _get_loop  # zarr's I/O loop: no public way to wait for it
+
+    async def pending() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(pending(), _get_loop()).result(timeout + 1)
+    except Exception:  # noqa: BLE001 - best effort: the next run sweeps what is left
+        pass
 
 
 def _create_arrays(group: "zarr.Group", source: _Source, edge: int) -> None:
@@ -394,14 +425,16 @@ def _run_copy(source: _Source, staging: str, strips, client, desc: str) -> None:
             for strip in strips:
                 results.append(_copy_strip(source.path, staging, source.nodata, strip))
                 bar.update(1)
-                if isinstance(results[-1], str):
+                if isinstance(results[-1], (str, OSError)):
                     break
     else:
         futures = [
             client.submit(_copy_strip, source.path, staging, source.nodata, strip, pure=False)
             for strip in strips
         ]
-        results = wait_with_progress(futures, desc, unit="strip")
+        results = wait_with_progress(futures, desc, unit="strip", stop=lambda r: isinstance(r, (str, OSError)))
+    for full in (r for r in results if isinstance(r, OSError)):
+        raise full
     problems = [r for r in results if isinstance(r, str)]
     if problems:
         raise InputError(

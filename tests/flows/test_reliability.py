@@ -26,7 +26,10 @@ from flows.inbox import Ledger
 from pipeline.files import file_sha256
 from pipeline.store import Store
 
-REPO = Path(__file__).resolve().parents[2]
+import pipeline
+
+# The source tree under test (the one Python imports `pipeline` from), for child processes.
+REPO = Path(pipeline.__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -45,18 +48,52 @@ def store_files(root: Path) -> dict[str, int]:
     }
 
 
-def assert_refused(argv: list[str], capsys, status: int = 2, store: Path | None = None) -> str:
-    """``damwatch ARGV`` ends with one paragraph naming the problem, ``status``, no traceback."""
-    before = store_files(store) if store is not None else None
-    assert main(argv) == status
-    err = capsys.readouterr().err
-    message = [line for line in err.splitlines() if line.startswith(f"damwatch {argv[0]}: error:")]
-    assert message, err
-    tail = err[err.index(message[0]):]
-    assert "Traceback" not in err and "\n\n" not in tail.strip(), err
-    if store is not None:
-        assert store_files(store) == before
-    return tail
+_BATCH = """
+import json, os, sys, tempfile
+from flows.cli import main
+out = os.dup(1)
+results = []
+for argv in json.loads(sys.argv[1]):
+    with tempfile.TemporaryFile() as o, tempfile.TemporaryFile() as e:
+        sys.stdout.flush(); sys.stderr.flush()
+        saved = os.dup(1), os.dup(2)
+        os.dup2(o.fileno(), 1); os.dup2(e.fileno(), 2)
+        try:
+            status = main(argv)
+        except SystemExit as exc:
+            status = exc.code
+        except BaseException as exc:
+            import traceback; traceback.print_exc(); status = "raised"
+        sys.stdout.flush(); sys.stderr.flush()
+        os.dup2(saved[0], 1); os.dup2(saved[1], 2)
+        o.seek(0); e.seek(0)
+        results.append([status, o.read().decode(errors="replace"), e.read().decode(errors="replace")])
+os.write(out, json.dumps(results).encode())
+"""
+
+
+def run_cli(argvs: list[list[str]], prefect_url: str | None = None, **env: str) -> list[tuple[int, str, str]]:
+    """Run ``damwatch ARGV`` for each ARGV in one fresh process (real stdout/stderr, as a user
+    sees them); returns (exit status, stdout, stderr) of each."""
+    extra = {"PREFECT_API_URL": prefect_url} if prefect_url else {}
+    done = subprocess.run(
+        [sys.executable, "-c", _BATCH, json.dumps(argvs)], capture_output=True, text=True, timeout=600,
+        env=python_env(**extra, **env),
+    )
+    assert done.returncode == 0, done.stderr
+    return [tuple(r) for r in json.loads(done.stdout)]
+
+
+def one_paragraph(command: str, status: int, err: str, expected_status: int = 2) -> str:
+    """Check a refusal: ``expected_status``, one paragraph naming the problem, no traceback;
+    return the paragraph unwrapped (the CLI wraps it at 100 columns)."""
+    assert status == expected_status, err
+    assert "Traceback" not in err, err
+    marker = f"damwatch {command}: error: "
+    assert err.count(marker) == 1, err
+    tail = err[err.index(marker):].strip()
+    assert "\n\n" not in tail, err
+    return " ".join(tail.split())
 
 
 def free_port() -> int:
@@ -170,3 +207,171 @@ def test_a_session_reconnects_after_its_scheduler_was_killed(monkeypatch):
                 stop(second)
     finally:
         stop(first, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------------------------------------
+# Two real processes started together (a file barrier), each running a snippet of Python
+
+
+def race(snippets: list[str], tmp_path: Path, timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """Run each snippet in its own Python process; all start their work at the same instant."""
+    go = tmp_path / f"go-{time.monotonic_ns()}"
+    prelude = (
+        "import os, sys, time\n"
+        f"while not os.path.exists({str(go)!r}): time.sleep(0.001)\n"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", prelude + code], env=python_env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for code in snippets
+    ]
+    time.sleep(1.5)  # every process has imported what it needs and waits at the barrier
+    go.touch()
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Two ingests under one survey id at once: one wins, the other is refused, nothing replaced
+
+
+def test_two_concurrent_ingests_under_one_survey_id_never_replace_each_other(tmp_path, write_survey):
+    for seed in (1, 2):
+        write_survey(tmp_path / f"m_{seed}.tif", height=1500, width=1500, seed=seed)
+    store = tmp_path / "st"
+    Store(store).ensure()
+    snippet = (
+        "from pipeline.errors import StoreError\n"
+        "from pipeline.ingest import ingest\n"
+        "from pipeline.store import Store\n"
+        "try:\n"
+        "    r = ingest({path!r}, 'creek', '2018-07-16', Store({store!r}))\n"
+        "    print('OK', r.status, r.survey.source_name)\n"
+        "except StoreError as e:\n"
+        "    print('REFUSED', e)\n"
+    )
+    for trial in range(2):
+        if trial:
+            import shutil
+
+            shutil.rmtree(Store(store).survey_dir("creek-2018-07-16"))
+        results = race([snippet.format(path=str(tmp_path / f"m_{s}.tif"), store=str(store)) for s in (1, 2)], tmp_path)
+        outcomes = [r.stdout.split()[0] if r.stdout else r.stderr for r in results]
+        assert sorted(outcomes) == ["OK", "REFUSED"], [r.stdout + r.stderr for r in results]
+        winner = results[outcomes.index("OK")].stdout.split()[2]
+        loser = results[outcomes.index("REFUSED")].stdout
+        survey = Store(store).survey("creek-2018-07-16")
+        assert survey.source_name == winner  # the winner's file is what the store holds
+        assert survey.source_sha256 == file_sha256(tmp_path / winner)
+        assert "another process" in loser and "--overwrite" in loser
+        assert list((store / ".staging").iterdir()) == []
+
+
+def test_two_concurrent_ingests_of_the_same_file_both_succeed(tmp_path, write_survey):
+    write_survey(tmp_path / "m.tif", height=1500, width=1500, seed=3)
+    store = tmp_path / "st"
+    Store(store).ensure()
+    snippet = (
+        "from pipeline.ingest import ingest\n"
+        "from pipeline.store import Store\n"
+        f"r = ingest({str(tmp_path / 'm.tif')!r}, 'creek', '2018-07-16', Store({str(store)!r}))\n"
+        "print(r.status)\n"
+    )
+    results = race([snippet, snippet], tmp_path)
+    assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+    assert sorted(r.stdout.strip() for r in results) == ["ingested", "unchanged"]
+
+
+# ---------------------------------------------------------------------------------------------
+# 7. A full disk: one paragraph, not retried, nothing left in staging; the next ingest works
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A real 20 MB filesystem (tmpfs), unmounted afterwards."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(mount)], capture_output=True, text=True)
+    if done.returncode != 0:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must be able to mount a tmpfs (it runs as root): {done.stderr.strip()}")
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_one_paragraph_not_retried_and_leaves_no_staging(
+    prefect, small_disk, tmp_path, write_survey, dask_client
+):
+    write_survey(tmp_path / "big.tif", height=3000, width=3000, seed=5)  # 26 MB of noise: incompressible
+    write_survey(tmp_path / "small.tif", height=256, width=256, seed=6)
+    store = small_disk / "st"
+    cluster = dask_client.scheduler.address
+    started = time.monotonic()
+    (full, small) = run_cli(
+        [
+            ["ingest", str(tmp_path / "big.tif"), "--area", "creek", "--date", "2024-06-01", "--store", str(store),
+             "--cluster", cluster],
+            # The next, small ingest has the room it needs.
+            ["ingest", str(tmp_path / "small.tif"), "--area", "creek", "--date", "2024-06-01", "--store", str(store),
+             "--cluster", cluster],
+        ],
+        prefect,
+    )
+    assert time.monotonic() - started < 20  # no retry after 2 s and 10 s
+    tail = one_paragraph("ingest", full[0], full[2], expected_status=1)
+    assert f"the disk holding {store}" in tail and "is full" in tail and "needs up to 34.3 MB" in tail
+    assert f"old run folders in {store / 'runs'}" in tail and "--store" in tail  # what to delete, or where else
+    assert small[0] == 0, small[2]
+    assert Store(store).survey_ids() == ["creek-2024-06-01"]
+    assert Store(store).survey("creek-2024-06-01").source_name == "small.tif"
+    assert list((store / ".staging").iterdir()) == []
+
+
+def test_a_full_disk_in_the_watch_flow_releases_the_file_and_fails_the_run(
+    prefect, small_disk, tmp_path, write_survey, dask_client
+):
+    from flows.watch import watch_flow
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    write_survey(inbox / "creek_2024-06-01.tif", height=3000, width=3000, seed=7)
+    store = Store(small_disk / "st")
+    with pytest.raises(RuntimeError, match="is full"):
+        watch_flow(str(inbox), store=str(store.root), settle_seconds=0, stride=128, cluster=dask_client.scheduler.address)
+    ledger = Ledger(store.root / "state" / "watch")
+    assert ledger.status(file_sha256(inbox / "creek_2024-06-01.tif")) is None  # not blacklisted
+    assert os.listdir(ledger.claims) == []
+    (watch_run,) = [d for d in (store.root / "runs").iterdir() if "-watch-" in d.name]
+    provenance = json.loads((watch_run / "provenance.json").read_text())
+    summary = json.loads((watch_run / "summary.json").read_text())
+    assert provenance["status"] == "failed" and "is full" in provenance["error"]  # 4: not "completed"
+    assert summary["status"] == "failed" and [e["file"] for e in summary["errors"]] == ["creek_2024-06-01.tif"]
+    assert list((store.root / ".staging").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 11. A store that cannot be written: refused before any work, even for detect
+
+
+def test_a_read_only_store_is_refused_before_any_work(prefect, small_disk, tmp_path, write_survey, dask_client):
+    write_survey(tmp_path / "creek.tif", height=256, width=256, seed=8)
+    store = small_disk / "st"
+    from pipeline.ingest import ingest
+
+    ingest(tmp_path / "creek.tif", "creek", "2024-06-01", Store(store), client=dask_client)
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    before = store_files(store)
+    commands = [
+        ["features", "creek-2024-06-01", "--store", str(store)],
+        ["ingest", str(tmp_path / "creek.tif"), "--area", "pond", "--date", "2024-06-01", "--store", str(store)],
+    ]
+    for argv, (status, _, err) in zip(commands, run_cli(commands, prefect)):
+        tail = one_paragraph(argv[0], status, err)
+        assert f"store {store} cannot be written (it is on a read-only filesystem" in tail
+    assert store_files(store) == before
