@@ -93,18 +93,19 @@ def watch_flow(
                 continue
             record = {"file": name, "sha256": sha, "area": item.area, "date": item.date.isoformat(), "run": run.run_id}
             try:
-                result = survey_pipeline(
-                    path=str(item.path),
-                    area=item.area,
-                    date=item.date.isoformat(),
-                    store=str(st.root),
-                    model=model_id,
-                    spec=spec,
-                    stride=stride,
-                    sha256=sha,
-                    cluster=cluster,
-                    workers=workers,
-                )
+                with ledger.hold(sha):  # renews the claim's lease while the pipeline works
+                    result = survey_pipeline(
+                        path=str(item.path),
+                        area=item.area,
+                        date=item.date.isoformat(),
+                        store=str(st.root),
+                        model=model_id,
+                        spec=spec,
+                        stride=stride,
+                        sha256=sha,
+                        cluster=cluster,
+                        workers=workers,
+                    )
             except ResourceError as exc:  # the machine's fault, not the file's: try again later
                 logger.error("%s: %s; released for the next run", name, exc)
                 ledger.release(sha)

@@ -375,3 +375,194 @@ def test_a_read_only_store_is_refused_before_any_work(prefect, small_disk, tmp_p
         tail = one_paragraph(argv[0], status, err)
         assert f"store {store} cannot be written (it is on a read-only filesystem" in tail
     assert store_files(store) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# 8. A killed run: its Prefect server and workers die with it; the next run sweeps what it left
+
+
+def _dead_process() -> tuple[int, int]:
+    """(pid, start time) of a real process that has exited."""
+    child = subprocess.Popen([sys.executable, "-c", "import os; print(open(f'/proc/{os.getpid()}/stat').read())"],
+                             stdout=subprocess.PIPE, text=True)
+    stat, _ = child.communicate()
+    return child.pid, int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def test_staging_is_swept_only_when_its_owner_is_dead_on_this_host(tmp_path):
+    from pipeline.files import owned_name, process_start_time
+
+    store = Store(tmp_path / "st")
+    store.ensure()
+    host = owned_name("x", "partial").split("~")[1]
+    pid, start = _dead_process()
+    me, my_start = os.getpid(), process_start_time(os.getpid())
+    entries = {
+        f".creek-2024-06-01.partial~{host}~{pid}~{start}~0123abcd": False,  # owner dead: swept
+        f".creek-2024-06-01.partial~{host}~{me}~{my_start + 1}~0123abce": False,  # our pid, reused: swept
+        f".creek-2024-06-01.partial~{host}~{me}~{my_start}~0123abcf": True,  # owner alive (this process)
+        f".creek-2024-06-01.partial~otherhost~{pid}~{start}~0123abd0": True,  # another host: never judged
+        ".creek-2024-06-01.partial-0123abd1": True,  # not ours to judge (no owner recorded)
+    }
+    for name in entries:
+        (store.staging_dir / name / "image").mkdir(parents=True)
+        (store.staging_dir / name / "image" / "c").write_bytes(b"x" * 1000)
+    old = time.time() - 30 * 86400  # a month old: age alone never decides
+    for p in store.staging_dir.rglob("*"):
+        os.utime(p, (old, old))
+    store.sweep()
+    assert {p.name for p in store.staging_dir.iterdir()} == {n for n, kept in entries.items() if kept}
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+def _descendants(pid: int) -> list[int]:
+    out = []
+    for child in _children(pid):
+        out += [child, *_descendants(child)]
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_run_leaves_no_server_and_the_next_run_sweeps_its_debris(prefect, tmp_path, write_survey):
+    write_survey(tmp_path / "big.tif", height=3000, width=3000, seed=9)
+    write_survey(tmp_path / "small.tif", height=128, width=128, seed=10)
+    store = Store(tmp_path / "st")
+    env = python_env()
+    env.pop("PREFECT_API_URL", None)  # a user's run: Prefect starts its temporary server
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "ingest", str(tmp_path / "big.tif"), "--area", "creek", "--date",
+         "2024-06-01", "--store", str(store.root), "--workers", "1"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and not (store.staging_dir.is_dir() and any(store.staging_dir.iterdir())):
+            assert victim.poll() is None, "the ingest ended before it could be killed"
+            time.sleep(0.01)
+        helpers = _descendants(victim.pid)
+        servers = [p for p in helpers if b"uvicorn" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        assert servers, "no temporary Prefect server among the children"
+        victim.send_signal(signal.SIGKILL)  # mid-ingest: staging half-written, run record open
+        victim.wait()
+    finally:
+        if victim.poll() is None:
+            victim.kill()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(Path(f"/proc/{p}").exists() for p in helpers):
+        time.sleep(0.1)
+    left = [p for p in helpers if Path(f"/proc/{p}").exists()]
+    for p in left:
+        os.kill(p, signal.SIGKILL)  # never leave them to the rest of the suite
+    assert left == [], "processes of the killed run are still alive"
+    assert any(store.staging_dir.iterdir())  # the debris the next run must sweep
+    (killed_run,) = [p for p in store.runs_dir.glob("*-ingest-*") if not p.name.startswith(".")]
+
+    ((status, _, err),) = run_cli(
+        [["ingest", str(tmp_path / "small.tif"), "--area", "pond", "--date", "2024-06-01", "--store", str(store.root),
+          "--workers", "1"]],
+        prefect,
+    )
+    assert status == 0, err
+    assert list(store.staging_dir.iterdir()) == []
+    assert not killed_run.exists()  # it wrote nothing but its record: nothing to keep
+    assert store.survey_ids() == ["pond-2024-06-01"]
+    assert [p.name for p in store.runs_dir.iterdir() if p.name.startswith(".")] == []
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Claims: exactly one taker of a stale claim; empty and foreign claims expire; leases renew
+
+
+def _write_claim(ledger: Ledger, sha: str, **record) -> Path:
+    path = ledger.claims / f"{sha}.json"
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_two_processes_racing_on_a_stale_claim_exactly_one_wins(tmp_path):
+    pid, start = _dead_process()
+    sha = "ab" * 32
+    ledger = Ledger(tmp_path / "ledger")
+    snippet = (
+        "from flows.inbox import Ledger\n"
+        f"won = Ledger({str(ledger.root)!r}).claim({sha!r}, 'f.tif', run=sys.argv[1] if len(sys.argv) > 1 else 'x')\n"
+        "print(os.getpid(), won)\n"
+        "time.sleep(1)  # the winner stays alive while the others try: a dead winner's claim is stale\n"
+    )
+    for trial in range(3):
+        _write_claim(ledger, sha, pid=pid, start=start, host=socket.gethostname(), run="crashed")
+        results = race([snippet, snippet, snippet], tmp_path)
+        outcomes = [r.stdout.split() for r in results]
+        assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
+        winners = [int(pid_) for pid_, won in outcomes if won == "True"]
+        assert len(winners) == 1, outcomes
+        assert ledger.holder(sha)["pid"] == winners[0]
+        assert os.listdir(ledger.claims) == [f"{sha}.json"]  # no takeover or temporary file left
+        ledger.release(sha)
+
+
+@pytest.mark.parametrize(
+    "age, taken",
+    [
+        (5, False),  # empty just now: maybe an older version writing it; not yet
+        (3600, True),  # empty for an hour: the crash of a writer; taken over
+    ],
+)
+def test_an_empty_claim_is_stale_after_a_grace(tmp_path, age, taken):
+    ledger = Ledger(tmp_path)
+    sha = "cd" * 32
+    claim = ledger.claims / f"{sha}.json"
+    claim.write_bytes(b"")
+    os.utime(claim, (time.time() - age, time.time() - age))
+    assert ledger.claim(sha, tmp_path / "f.tif", run="new") is taken
+    assert (ledger.holder(sha) or {}).get("run") == ("new" if taken else None)
+
+
+@pytest.mark.parametrize(
+    "expires_in, taken",
+    [
+        (600, False),  # another host's live lease: cannot be checked, so it is respected
+        (-1, True),  # expired: that host's run died or froze; taken over
+    ],
+)
+def test_a_claim_of_another_host_is_stale_once_its_lease_expired(tmp_path, expires_in, taken):
+    ledger = Ledger(tmp_path)
+    sha = "ef" * 32
+    _write_claim(ledger, sha, pid=os.getpid(), host="another-machine", run="remote", expires=time.time() + expires_in)
+    assert ledger.claim(sha, tmp_path / "f.tif", run="here") is taken
+    assert ledger.holder(sha)["run"] == ("here" if taken else "remote")
+
+
+def test_a_takeover_whose_taker_died_midway_is_taken_over_in_turn(tmp_path):
+    from flows.inbox import _digest
+
+    pid, start = _dead_process()
+    ledger = Ledger(tmp_path)
+    sha = "12" * 32
+    claim = _write_claim(ledger, sha, pid=pid, start=start, host=socket.gethostname(), run="crashed")
+    # A taker (also dead now) created its takeover file, then died before renaming it.
+    marker = ledger.claims / f".{sha}.json.takeover-{_digest(claim.read_bytes())}"
+    marker.write_text(json.dumps({"pid": pid, "start": start, "host": socket.gethostname(), "run": "dead-taker"}))
+    assert ledger.claim(sha, tmp_path / "f.tif", run="new")
+    assert ledger.holder(sha)["run"] == "new"
+    assert os.listdir(ledger.claims) == [f"{sha}.json"]
+
+
+def test_a_held_claim_is_renewed_and_a_renewed_claim_is_not_taken(tmp_path):
+    ledger = Ledger(tmp_path, lease=0.6)
+    sha = "34" * 32
+    assert ledger.claim(sha, tmp_path / "f.tif", run="holder")
+    first = ledger.holder(sha)["expires"]
+    with ledger.hold(sha):
+        time.sleep(1.0)
+        renewed = ledger.holder(sha)
+    assert renewed["expires"] > first + 0.1 and renewed["token"] == ledger.holder(sha)["token"]
+    assert renewed["expires"] > time.time() - 0.3  # still within its lease while held
+    # Seen from another host (the record says so), a renewed claim is live.
+    record = json.loads((ledger.claims / f"{sha}.json").read_text())
+    _write_claim(ledger, sha, **{**record, "host": "another-machine", "expires": time.time() + 60})
+    assert not Ledger(tmp_path).claim(sha, tmp_path / "f.tif", run="thief")
