@@ -5,7 +5,10 @@ survey it holds. The area and date come from, in this order:
 
 1. a sidecar JSON beside it, named after the file with ``.json`` in place of (or after) the
    ``.tif`` suffix — ``creek_0601.tif`` + ``creek_0601.json`` or ``creek_0601.tif.json`` —
-   holding ``{"area": "creek", "date": "2024-06-01"}``;
+   holding ``{"area": "creek", "date": "2024-06-01"}``, and optionally the band names in file
+   order, as ``damwatch ingest --bands`` takes them: ``"bands": ["red", "green", "blue", "nir"]``
+   or ``"bands": "red,green,blue,nir"`` (a NAIP file's bands are unnamed). Files without
+   ``bands`` get the watch flow's ``bands`` parameter, a deployment's default for its inbox;
 2. the file name ``<area>_<date>[_anything].tif`` (or ``-`` instead of ``_``), with the date as
    ``YYYY-MM-DD`` or ``YYYYMMDD``: ``creek_2024-06-01.tif``, ``creek-20240601-rgb.tif``.
 
@@ -56,7 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import InputError
-from pipeline.files import file_sha256, owned_name, parse_date, process_alive, process_start_time, sweep_owned, write_json
+from pipeline.files import check_area, file_sha256, owned_name, parse_date, process_alive, process_start_time, sweep_owned, write_json
 
 __all__ = [
     "InboxFile",
@@ -82,6 +85,7 @@ class InboxFile:
     area: str | None
     date: dt.date | None
     source: str  # where area and date came from: "sidecar <path>", "file name", or why unknown
+    bands: tuple[str, ...] | None = None  # band names from the sidecar, in file order
 
     @property
     def understood(self) -> bool:
@@ -106,14 +110,21 @@ def survey_identity(path: Path) -> InboxFile:
     if sidecar is not None:
         try:
             meta = json.loads(sidecar.read_text())
-            area, date = str(meta["area"]), meta["date"]
+            area, date = meta["area"], meta["date"]
         except (ValueError, KeyError, TypeError) as exc:
             raise InputError(
                 f"sidecar {sidecar} for {path.name} is not a JSON object with 'area' and 'date' "
                 f"({exc!r}); write it as {{\"area\": \"creek\", \"date\": \"2024-06-01\"}}"
             ) from None
-        return InboxFile(path, area, parse_date(str(date), f"the date in sidecar {sidecar}", '"date": "2024-06-01"'), f"sidecar {sidecar.name}")
-    match = FILE_NAME_PATTERN.match(path.name)
+        try:
+            area = check_area(area)
+        except InputError as exc:
+            raise InputError(f"sidecar {sidecar}: {exc}") from None
+        return InboxFile(
+            path, area, parse_date(str(date), f"the date in sidecar {sidecar}", '"date": "2024-06-01"'),
+            f"sidecar {sidecar.name}", _sidecar_bands(meta.get("bands"), sidecar),
+        )
+    match = FILE_NAME_PATTERN.fullmatch(path.name)
     if match is None:
         return InboxFile(
             path,
@@ -124,6 +135,19 @@ def survey_identity(path: Path) -> InboxFile:
     return InboxFile(
         path, match["area"].lower(), parse_date(match["date"], f"the date in file name {path.name}", "<area>_2024-06-01.tif"), "file name"
     )
+
+
+def _sidecar_bands(value, sidecar: Path) -> tuple[str, ...] | None:
+    """Band names as a sidecar gives them: a list, or one comma-separated text (as --bands)."""
+    if value is None:
+        return None
+    names = value.split(",") if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n.strip() for n in names):
+        raise InputError(
+            f"sidecar {sidecar}: \"bands\" is {json.dumps(value)}; give the band names in file order as a "
+            f"list or as damwatch ingest --bands takes them, e.g. \"bands\": \"red,green,blue,nir\""
+        )
+    return tuple(n.strip() for n in names)
 
 
 def scan_inbox(inbox: Path, settle_seconds: float = 0.0, now: float | None = None) -> list[InboxFile]:

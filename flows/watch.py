@@ -44,12 +44,15 @@ def watch_flow(
     settle_seconds: float = 10.0,
     cluster: str | None = None,
     workers: int | None = None,
+    bands: list[str] | None = None,
 ) -> dict:
     """Run the survey pipeline on every new GeoTIFF in ``inbox``.
 
     ``settle_seconds``: files modified more recently than this are left for the next run (they
     may still be being copied). ``model``: model id, or ``"latest"``, or None (ingest and
-    features only). Other parameters as for ``survey_pipeline``.
+    features only). ``bands``: band names in file order for files whose sidecar names none
+    (a deployment's default for its inbox, e.g. ``["red", "green", "blue", "nir"]`` for NAIP).
+    Other parameters as for ``survey_pipeline``.
     """
     params = dict(locals())
     logger = get_run_logger()
@@ -105,6 +108,7 @@ def watch_flow(
                         sha256=sha,
                         cluster=cluster,
                         workers=workers,
+                        bands=list(item.bands or bands or []) or None,
                     )
             except ResourceError as exc:  # the machine's fault, not the file's: try again later
                 logger.error("%s: %s; released for the next run", name, exc)

@@ -315,6 +315,22 @@ def check_comparable(before: "Survey", after: "Survey", reproject: bool = False)
         )
 
 
+def date_order_note(before: "Survey", after: "Survey") -> str | None:
+    """A warning when BEFORE is dated later than AFTER, saying what new and gone then mean.
+
+    The comparison keeps the order given (it is not swapped behind the user's back), so its
+    "new" are the objects of the earlier survey that the later one lacks.
+    """
+    if before.date <= after.date:
+        return None
+    return (
+        f"BEFORE {before.id} is dated {before.date.isoformat()}, later than AFTER {after.id} "
+        f"({after.date.isoformat()}); the comparison keeps this order, so 'new' means present in "
+        f"{after.id} (the earlier survey) but not in {before.id}, and 'gone' the opposite; give the "
+        f"earlier survey first to compare forward in time"
+    )
+
+
 def change_surveys(
     store: "Store",
     before_id: str,

@@ -59,7 +59,7 @@ from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_clie
 from pipeline.errors import InputError
 from pipeline.expressions import evaluate_expression, parse_expression
 from pipeline.files import jsonable, parse_date
-from pipeline.geojson import parse_crs, read_features, select_features, single_parts
+from pipeline.geojson import check_geometries, parse_crs, read_features, select_features, single_parts
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -247,6 +247,9 @@ def labels_from_vector(
     path = Path(path)
     features, crs_name = read_features(path, what="label file")
     source_crs = parse_crs(crs, crs_name, path, what="label file")
+    epsg = survey.crs.to_epsg()
+    fix_crs = f"pass --crs EPSG:{epsg} if they are in the survey's CRS" if epsg else "pass --crs EPSG:<code>"
+    check_geometries(features, source_crs, path, what="label file", fix_crs=fix_crs)
     date = None
     if on_date is not None:
         date = survey.date if str(on_date) == "survey" else parse_date(on_date, "--on-date", "--on-date 2024-06-01 or --on-date survey")
@@ -266,6 +269,7 @@ def labels_from_vector(
         region_path = Path(region)
         region_features, region_crs_name = read_features(region_path, what="region file")
         region_crs = parse_crs(crs, region_crs_name, region_path, what="region file")
+        check_geometries(region_features, region_crs, region_path, what="region file", fix_crs=fix_crs)
         region_parts = [
             p
             for f in region_features

@@ -71,7 +71,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.change import ChangeThresholds, check_comparable
+    import sys
+
+    from pipeline.change import ChangeThresholds, check_comparable, date_order_note
     from pipeline.detect import check_model_bands, resolve_model
     from pipeline.evaluate import read_truth
     from pipeline.outputs import refuse_existing_results
@@ -81,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
     thresholds = ChangeThresholds(args.high, args.low, args.min_difference)
     before, after = store.survey(args.before), store.survey(args.after)
     check_comparable(before, after, args.reproject)
+    if note := date_order_note(before, after):
+        print(f"damwatch change: warning: {note}", file=sys.stderr)
     classifier = resolve_model(store, args.model)
     for survey in (before, after):
         check_model_bands(classifier, survey)

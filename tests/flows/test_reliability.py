@@ -566,3 +566,165 @@ def test_a_held_claim_is_renewed_and_a_renewed_claim_is_not_taken(tmp_path):
     record = json.loads((ledger.claims / f"{sha}.json").read_text())
     _write_claim(ledger, sha, **{**record, "host": "another-machine", "expires": time.time() + 60})
     assert not Ledger(tmp_path).claim(sha, tmp_path / "f.tif", run="thief")
+
+
+# ---------------------------------------------------------------------------------------------
+# The catalogue of bad inputs: exit 2, one paragraph, no traceback, store unchanged outside runs/
+
+
+@pytest.fixture(scope="module")
+def catalogue_store(tmp_path_factory, dask_client):
+    """A store holding one small 4-band survey (UTM 14N, 1 m pixels), and its GeoTIFF."""
+    from pipeline.ingest import ingest
+
+    from .conftest import make_geotiff
+
+    root = tmp_path_factory.mktemp("catalogue")
+    make_geotiff(root / "creek.tif", height=256, width=256, seed=11, bands=4)
+    store = Store(root / "st")
+    ingest(root / "creek.tif", "creek", "2024-06-01", store, bands=["red", "green", "blue", "nir"], client=dask_client)
+    return store, root
+
+
+def _truth(path: Path, *geometries: dict, crs: str | None = None) -> str:
+    doc = {"type": "FeatureCollection",
+           "features": [{"type": "Feature", "properties": {"name": f"dam {i}"}, "geometry": g}
+                        for i, g in enumerate(geometries)]}
+    if crs:
+        doc["crs"] = {"type": "name", "properties": {"name": crs}}
+    path.write_text(json.dumps(doc))
+    return str(path)
+
+
+def _square(x0, y0, d):
+    return {"type": "Polygon", "coordinates": [[[x0, y0], [x0 + d, y0], [x0 + d, y0 - d], [x0, y0 - d], [x0, y0]]]}
+
+
+def test_the_catalogue_of_bad_inputs_is_refused_in_one_paragraph(catalogue_store, prefect, dask_client):
+    store, root = catalogue_store
+    sid, cluster = "creek-2024-06-01", dask_client.scheduler.address
+    utm = _square(500_050, 4_999_950, 20)  # inside the survey, in its own CRS (metres)
+    cases = [
+        # 10. a truth file in projected coordinates with no crs member: the most common mistake
+        (["labels", sid, "--from", _truth(root / "utm.geojson", utm)],
+         "outside longitude/latitude range", "--crs EPSG:32614"),
+        # 10. NaN and text coordinates
+        (["labels", sid, "--from", _truth(root / "nan.geojson", {"type": "Point", "coordinates": [float("nan"), 45.0]})],
+         "feature 0 (name 'dam 0') has coordinates [NaN, 45.0]", "not two finite numbers"),
+        (["labels", sid, "--from", _truth(root / "text.geojson", {"type": "Point", "coordinates": ["-97.5", "45.1"]})],
+         "has coordinates", "not two finite numbers"),
+        # 13. a self-intersecting polygon (a bow tie), named
+        (["labels", sid, "--from", _truth(root / "bowtie.geojson", utm, {"type": "Polygon", "coordinates": [
+            [[500_000, 4_999_900], [500_040, 4_999_860], [500_040, 4_999_900], [500_000, 4_999_860], [500_000, 4_999_900]]]},
+            crs="EPSG:32614")],
+         "feature 1 (name 'dam 1') is a self-intersecting polygon", "Fix Geometries"),
+        # 13. expressions that are true or false everywhere without a word
+        (["labels", sid, "--expr", "1e309 > 0"], "1e309", "too large to be a finite number"),
+        (["labels", sid, "--expr", "red / 0 > 1"], "divides by zero", "red / 0"),
+        # 12. an area name with a trailing newline would become a directory name
+        (["ingest", str(root / "creek.tif"), "--area", "creek\n", "--date", "2024-06-02"], "area name 'creek\\n'",
+         "lower-case letters"),
+    ]
+    before = store_files(store.root)
+    argvs = [[*argv, "--store", str(store.root), "--cluster", cluster] for argv, *_ in cases]
+    for (argv, *expected), (status, _, err) in zip(cases, run_cli(argvs, prefect)):
+        tail = one_paragraph(argv[0], status, err)
+        for text in expected:
+            assert text in tail, tail
+    assert store_files(store.root) == before
+    assert not any("\n" in p.name for p in store.root.rglob("*"))
+
+
+def test_truth_coordinates_are_checked_before_detect_does_any_work(tmp_path):
+    from pipeline.errors import InputError
+    from pipeline.evaluate import read_truth
+
+    with pytest.raises(InputError, match=r"outside longitude/latitude range.*\"crs\": \{\"type\": \"name\""):
+        read_truth(_truth(tmp_path / "utm.geojson", _square(500_050, 4_999_950, 20)))
+    # The same square, named in its CRS, and a valid WGS84 one, are accepted.
+    read_truth(_truth(tmp_path / "named.geojson", _square(500_050, 4_999_950, 20), crs="EPSG:32614"))
+    read_truth(_truth(tmp_path / "wgs84.geojson", _square(-97.5, 45.1, 0.001)))
+
+
+def test_labels_from_a_truth_file_named_in_its_crs_match_the_pixels_it_covers(catalogue_store):
+    """The accepted case of the catalogue: the 20 m square at (50, 50) px labels its tiles."""
+    from pipeline.labels import labels_from_vector
+    from pipeline.tiling import TileGrid
+
+    store, root = catalogue_store
+    survey = store.survey("creek-2024-06-01")
+    grid = TileGrid.for_survey(survey, size=128, stride=128)
+    labels = labels_from_vector(store, survey.id, _truth(root / "ok.geojson", _square(500_050, 4_999_950, 20)),
+                                grid, crs="EPSG:32614", save=False)
+    # Pixels 50..70 in x and y: wholly in tile (0, 0), and more than half of the polygon there.
+    np.testing.assert_array_equal(labels.values, [[1, 0], [0, 0]])
+
+
+# ---------------------------------------------------------------------------------------------
+# 12, 18. The inbox sidecar: area names are checked; band names can be given
+
+
+def test_a_sidecar_area_with_a_newline_is_refused_and_the_file_left_alone(tmp_path):
+    from flows.inbox import scan_inbox
+
+    (tmp_path / "flight.tif").write_bytes(b"x")
+    (tmp_path / "flight.json").write_text(json.dumps({"area": "creek\n", "date": "2024-06-01"}))
+    (found,) = scan_inbox(tmp_path)
+    assert not found.understood and "area name 'creek\\n' is not usable" in found.source
+
+
+def test_inbox_files_get_band_names_from_their_sidecar_or_the_deployment(prefect, tmp_path, write_survey, dask_client):
+    from flows.watch import watch_flow
+
+    inbox, store = tmp_path / "inbox", Store(tmp_path / "st")
+    inbox.mkdir()
+    # NAIP-like: four unnamed bands (the fourth's colour interpretation is undefined)
+    write_survey(inbox / "m_4709963_se_14_1_20090818.tif", height=128, width=128, seed=12, bands=4)
+    (inbox / "m_4709963_se_14_1_20090818.json").write_text(
+        json.dumps({"area": "pothole", "date": "2009-08-18", "bands": "nir,red,green,blue"}))
+    write_survey(inbox / "pothole_2010-08-18.tif", height=128, width=128, seed=13, bands=4)  # no sidecar
+    result = watch_flow(str(inbox), store=str(store.root), settle_seconds=0, stride=128,
+                        cluster=dask_client.scheduler.address, bands=["red", "green", "blue", "nir"], spec="rgbn")
+    assert result["failed"] == [] and len(result["processed"]) == 2
+    assert store.survey("pothole-2009-08-18").bands == ("nir", "red", "green", "blue")  # the sidecar's
+    assert store.survey("pothole-2010-08-18").bands == ("red", "green", "blue", "nir")  # the deployment's default
+
+
+# ---------------------------------------------------------------------------------------------
+# 13. Quieter but wrong
+
+
+def test_infinite_pixels_are_not_valid_and_leave_the_tile_s_features_finite(tmp_path, dask_client):
+    import rasterio
+    from rasterio.transform import from_origin
+
+    from pipeline.features import compute_features
+    from pipeline.ingest import ingest
+
+    pixels = np.random.default_rng(14).uniform(0, 1, size=(3, 256, 256)).astype(np.float32)
+    pixels[0, 10, 10:20] = np.inf  # ten infinite pixels and two -inf in tile (0, 0)
+    pixels[2, 30, 30:32] = -np.inf
+    with rasterio.open(tmp_path / "f.tif", "w", driver="GTiff", width=256, height=256, count=3, dtype="float32",
+                       crs="EPSG:32614", transform=from_origin(500000, 5000000, 1, 1)) as dst:
+        dst.write(pixels)
+        dst.descriptions = ("red", "green", "blue")
+    store = Store(tmp_path / "st")
+    survey = ingest(tmp_path / "f.tif", "creek", "2024-06-01", store, client=dask_client).survey
+    valid = np.asarray(survey.valid()[...])
+    np.testing.assert_array_equal(valid, np.isfinite(pixels).all(axis=0))
+    features = compute_features(store, survey.id, "default", stride=128, size=128, client=dask_client)
+    assert features.valid_fraction[0, 0] == pytest.approx(1 - 12 / 128**2)
+    assert np.isfinite(np.asarray(features.values[...])).all()
+
+
+def test_change_with_before_later_than_after_says_which_is_which(catalogue_store):
+    from pipeline.change import date_order_note
+    from pipeline.store import Survey
+
+    store, _ = catalogue_store
+    earlier = store.survey("creek-2024-06-01")
+    later = Survey(**{**earlier.__dict__, "id": "creek-2025-06-01", "date": earlier.date.replace(year=2025)})
+    assert date_order_note(earlier, later) is None
+    note = date_order_note(later, earlier)
+    assert "BEFORE creek-2025-06-01 is dated 2025-06-01, later than AFTER creek-2024-06-01" in note
+    assert "'new' means present in creek-2024-06-01 (the earlier survey) but not in creek-2025-06-01" in note
