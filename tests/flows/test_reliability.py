@@ -487,15 +487,23 @@ def test_two_processes_racing_on_a_stale_claim_exactly_one_wins(tmp_path):
     pid, start = _dead_process()
     sha = "ab" * 32
     ledger = Ledger(tmp_path / "ledger")
+    # A slow taker: it read the stale claim, then stalls 0.5 s before each link or rename (as a
+    # process descheduled at the worst moment would), while the other takes the claim over.
+    slow = (
+        "import os, time\n"
+        "for name in ('rename', 'link', 'replace'):\n"
+        "    real = getattr(os, name)\n"
+        "    setattr(os, name, lambda *a, _real=real, **k: (time.sleep(0.5), _real(*a, **k))[1])\n"
+    )
     snippet = (
         "from flows.inbox import Ledger\n"
-        f"won = Ledger({str(ledger.root)!r}).claim({sha!r}, 'f.tif', run=sys.argv[1] if len(sys.argv) > 1 else 'x')\n"
+        f"won = Ledger({str(ledger.root)!r}).claim({sha!r}, 'f.tif', run=str(os.getpid()))\n"
         "print(os.getpid(), won)\n"
-        "time.sleep(1)  # the winner stays alive while the others try: a dead winner's claim is stale\n"
+        "time.sleep(1.5)  # the winner stays alive while the others try: a dead winner's claim is stale\n"
     )
-    for trial in range(3):
+    for contenders in ([slow + snippet, snippet], [snippet, slow + snippet]):
         _write_claim(ledger, sha, pid=pid, start=start, host=socket.gethostname(), run="crashed")
-        results = race([snippet, snippet, snippet], tmp_path)
+        results = race(contenders, tmp_path)
         outcomes = [r.stdout.split() for r in results]
         assert all(r.returncode == 0 for r in results), [r.stderr for r in results]
         winners = [int(pid_) for pid_, won in outcomes if won == "True"]
@@ -728,3 +736,76 @@ def test_change_with_before_later_than_after_says_which_is_which(catalogue_store
     note = date_order_note(later, earlier)
     assert "BEFORE creek-2025-06-01 is dated 2025-06-01, later than AFTER creek-2024-06-01" in note
     assert "'new' means present in creek-2024-06-01 (the earlier survey) but not in creek-2025-06-01" in note
+
+
+# ---------------------------------------------------------------------------------------------
+# 14. Features and expression labels stream: a block's result is written by its own task
+
+
+def _peak_blocks_held(dask_client, prefix: str):
+    """A scheduler plugin counting how many blocks named ``prefix``-… are held in memory at once."""
+    from distributed.diagnostics.plugin import SchedulerPlugin
+
+    class Held(SchedulerPlugin):
+        name = f"held-{prefix}"
+
+        def __init__(self):
+            self.now, self.peak = set(), 0
+
+        def transition(self, key, start, finish, *args, **kwargs):
+            if not (isinstance(key, tuple) and str(key[0]).startswith(prefix)):
+                return
+            if finish == "memory":
+                self.now.add(key)
+            elif start == "memory":
+                self.now.discard(key)
+            self.peak = max(self.peak, len(self.now))
+
+    plugin = Held()
+    dask_client.cluster.scheduler.add_plugin(plugin)  # the fixture's scheduler runs in this process
+    return plugin
+
+
+def test_features_and_labels_never_hold_every_block_at_once(tmp_path, write_survey, dask_client):
+    from pipeline.features import compute_features, get_spec
+    from pipeline.ingest import ingest
+    from pipeline.labels import labels_from_expression
+    from pipeline.tiling import TileGrid
+
+    write_survey(tmp_path / "wide.tif", height=2048, width=2048, seed=15)
+    store = Store(tmp_path / "st")
+    survey = ingest(tmp_path / "wide.tif", "creek", "2024-06-01", store, client=dask_client, chunk_edge=256).survey
+    n_workers = len(dask_client.scheduler_info()["workers"])
+
+    held = _peak_blocks_held(dask_client, "tile-features")
+    try:
+        features = compute_features(store, survey.id, "default", stride=32, size=128, client=dask_client)
+    finally:
+        dask_client.cluster.scheduler.remove_plugin(name=held.name)
+    (rows, cols, _), (chunk_rows, chunk_cols, _) = features.values.shape, features.values.chunks
+    n_blocks = -(-rows // chunk_rows) * -(-cols // chunk_cols)
+    assert n_blocks >= 16
+    assert held.peak <= 2 * n_workers + 1, (held.peak, n_blocks)  # persisting held all n_blocks
+
+    # The stored features are those of the NumPy function on the whole array (tile by tile).
+    from pipeline.features import tile_features
+    from pipeline.tiling import gather_tiles
+
+    pixels = np.asarray(survey.image()[...])
+    grid = features.grid
+    r, c = grid.row_offsets[[0, -1]], grid.col_offsets[[0, -1]]
+    tiles = gather_tiles(pixels, r, c, grid.size)  # (2, 2, bands, size, size): corner tiles
+    expected = tile_features(tiles.reshape(4, *tiles.shape[2:]).astype(np.float32) / 255, None, get_spec("default"))
+    got = np.asarray(features.values[...])[np.ix_([0, -1], [0, -1])].reshape(4, -1)
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+    held = _peak_blocks_held(dask_client, "tile-labels")
+    grid = TileGrid.for_survey(survey, size=32, stride=16)
+    try:
+        labels = labels_from_expression(store, survey.id, "red > 127", grid, client=dask_client)
+    finally:
+        dask_client.cluster.scheduler.remove_plugin(name=held.name)
+    assert held.peak <= 2 * n_workers + 1
+    red = gather_tiles(pixels[0], grid.row_offsets, grid.col_offsets, grid.size) > 127
+    expected = np.where(red.mean(axis=(-2, -1)) >= 0.2, 1, 0)
+    np.testing.assert_array_equal(labels.values, expected)
