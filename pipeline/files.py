@@ -10,6 +10,12 @@ to a temporary name beside its destination and is renamed into place once comple
   block writes into a fresh directory, which :func:`move_into_place` renames over the
   destination at the end, or which is removed if the block fails.
 
+A temporary directory or file is named after its *owner* (:func:`owned_name`: host, pid and
+the process's start time), so that what a killed process leaves behind is swept by the next run
+(:func:`sweep_owned`) once its owner is known to be dead — never by age, and never another
+host's. A full disk while writing is one :class:`pipeline.errors.DiskFull` paragraph
+(:func:`disk_full`).
+
 Identifiers are plain strings a person can read and type: an *area* is a lower-case name
 (:func:`check_area`), a survey *date* is a calendar date (:func:`parse_date`), and a survey id
 is ``<area>-<YYYY-MM-DD>`` (:func:`survey_id_for`).

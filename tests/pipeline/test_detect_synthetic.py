@@ -95,11 +95,48 @@ def test_change_metrics_count_truth_classes_from_dates(synth, dask_client, prefe
     metrics = json.loads((out / "metrics.json").read_text())
     truth = json.loads(synth["truth"].read_text())
     status = [f["properties"]["status"] for f in truth["features"] if f["properties"]["class"] == "dam"]
-    for name in ("new", "gone", "persisting"):
+
+    # Independent reference: the change raster and both GeoTIFFs as rasterio reads them, the
+    # truth's dams placed with PROJ, and scikit-learn's scores over the cells that have data on
+    # both dates. The rule metrics.json states: a cell truly holds a class when a dam of that
+    # class lies within half a model tile (128 px) of the cell's centre, the centre of the part
+    # of the cell inside both surveys (border cells are cut by the overlap).
+    import rasterio
+    from rasterio.warp import transform as reproject_points
+    from sklearn.metrics import f1_score, jaccard_score, precision_score, recall_score
+
+    with rasterio.open(out / "change.tif") as ds:
+        codes, transform, crs = ds.read(1), ds.transform, ds.crs
+    sources = [rasterio.open(store.root.parent / "synth" / store.survey(s).source_name) for s in (a, b)]
+    left, bottom = max(src.bounds.left for src in sources), max(src.bounds.bottom for src in sources)
+    right, top = min(src.bounds.right for src in sources), min(src.bounds.top for src in sources)
+    half = 128 * sources[0].res[0] / 2
+    x0 = transform.c + np.arange(codes.shape[1]) * transform.a
+    y0 = transform.f + np.arange(codes.shape[0]) * transform.e
+    cx, cy = np.meshgrid(
+        (np.maximum(x0, left) + np.minimum(x0 + transform.a, right)) / 2,
+        (np.minimum(y0, top) + np.maximum(y0 + transform.e, bottom)) / 2,
+    )
+    scored = codes != 255
+    for code, name in ((1, "new"), (2, "gone"), (3, "persisting")):
+        dams = [f for f in truth["features"] if f["properties"]["class"] == "dam" and f["properties"]["status"] == name]
+        true = np.zeros(codes.shape, dtype=bool)
+        for f in dams:
+            pts = np.asarray(f["geometry"]["coordinates"], dtype=float).reshape(-1, 2)
+            (x,), (y,) = reproject_points("EPSG:4326", crs, [pts[:, 0].mean()], [pts[:, 1].mean()])
+            true |= (np.abs(cx - x) <= half) & (np.abs(cy - y) <= half)
+        y_true, y_pred = true[scored], codes[scored] == code
         m = metrics["classes"][name]
-        assert m["n_objects"] == status.count(name)
-        for key in ("precision", "recall", "f1", "iou"):
-            assert m[key] is None or 0.0 <= m[key] <= 1.0
+        assert m["n_objects"] == status.count(name) == len(dams)
+        assert (m["tp"], m["fp"], m["fn"]) == (
+            int((y_true & y_pred).sum()), int((~y_true & y_pred).sum()), int((y_true & ~y_pred).sum()))
+        if y_true.any() or y_pred.any():
+            assert m["iou"] == pytest.approx(jaccard_score(y_true, y_pred))
+            assert m["f1"] == pytest.approx(f1_score(y_true, y_pred))
+        if y_pred.any():
+            assert m["precision"] == pytest.approx(precision_score(y_true, y_pred))
+        if y_true.any():
+            assert m["recall"] == pytest.approx(recall_score(y_true, y_pred))
     # The synthetic later date is misregistered by metres: still compared on one map grid.
     grids = json.loads((out / "provenance.json").read_text())["tile_grids"]
     assert TileGrid.from_dict(grids["before"]).transform != TileGrid.from_dict(grids["after"]).transform
