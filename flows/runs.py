@@ -39,7 +39,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from pipeline import __version__
-from pipeline.files import owned_name, owner_gone, owner_of, sweep_owned
+from pipeline.files import disk_full, is_disk_full, owned_name, owner_gone, owner_of, sweep_owned
 from pipeline.store import Store
 
 __all__ = ["RunRecord", "artifact_key", "markdown_table", "top_detections"]
@@ -132,10 +132,16 @@ class RunRecord:
         store.check_writable()  # before any work: one paragraph, not a traceback halfway
         store.sweep()
         sweep_interrupted_runs(store)
-        self.dir.mkdir(parents=True, exist_ok=True)
         self._marker = store.runs_dir / owned_name(self.run_id, "run")
-        self._marker.touch()
-        self._write_provenance("running")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._marker.touch()
+            self._write_provenance("running")
+        except OSError as exc:
+            if is_disk_full(exc):  # one paragraph, not a traceback: see pipeline.files
+                self._marker.unlink(missing_ok=True)
+                raise disk_full(exc, self.dir) from None
+            raise
 
     def add(self, outcome: Mapping[str, Any]) -> dict:
         """Note a stage outcome (the dict a stage task returns); returns it."""

@@ -194,11 +194,24 @@ def compute_tasks(tasks: list, client: Any, desc: str) -> list:
     return results
 
 
-def _write_block(block: np.ndarray, writer: Any, targets: list, region: tuple[slice, slice]) -> Any:
-    """One task: write what ``writer`` makes of one computed block into each target array at ``region``."""
+def _write_block(block: np.ndarray, writer: Any, targets: list, region: tuple[slice, slice]) -> OSError | None:
+    """One task: write what ``writer`` makes of one computed block into each target array at ``region``.
+
+    A full disk is returned, not raised (an expected outcome, reported once by the driver rather
+    than logged as a crash by every worker), once zarr's other writes in flight have ended.
+    """
+    from pipeline.files import is_disk_full
+    from pipeline.store import settle_pending_writes
+
     parts = writer(block)
-    for target, part in zip(targets, parts):
-        target[region] = part
+    try:
+        for target, part in zip(targets, parts):
+            target[region] = part
+    except OSError as exc:
+        if is_disk_full(exc):
+            settle_pending_writes()
+            return OSError(exc.errno, exc.strerror, exc.filename)
+        raise
     return None
 
 
@@ -209,7 +222,8 @@ def store_blocks(array: Any, writer: Any, targets: list, client: Any, desc: str)
     target Zarr array (e.g. features and valid fraction), each indexed by the block's tile rows
     and columns first. The targets' chunks must be whole blocks, so that no two tasks write one
     Zarr chunk. Runs on ``client`` (see :func:`resolve_client`) or local threads; each write
-    task returns nothing, so nothing is gathered.
+    task returns nothing, so nothing is gathered. A full disk stops the writing and is raised
+    as the ``OSError`` a task met (the caller's staging turns it into one message).
     """
     import dask
 
@@ -220,4 +234,10 @@ def store_blocks(array: Any, writer: Any, targets: list, client: Any, desc: str)
         for j in range(len(array.chunks[1])):
             region = (slice(int(row_starts[i]), int(row_starts[i + 1])), slice(int(col_starts[j]), int(col_starts[j + 1])))
             tasks.append(dask.delayed(_write_block, pure=False)(array.blocks[i, j], writer, targets, region))
-    compute_tasks(tasks, client, desc)
+    client = resolve_client(client)
+    if client is not None:
+        results = wait_with_progress(client.compute(tasks), desc, unit="block", stop=lambda r: isinstance(r, OSError))
+    else:
+        results = compute_tasks(tasks, None, desc)
+    for full in (r for r in results if isinstance(r, OSError)):
+        raise full

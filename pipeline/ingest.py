@@ -39,7 +39,7 @@ from pipeline import __version__
 from pipeline.errors import InputError, StoreError
 from pipeline.files import file_sha256, is_disk_full, parse_date, survey_id_for
 from pipeline.progress import progress_bar, wait_with_progress
-from pipeline.store import Store, Survey
+from pipeline.store import Store, Survey, settle_pending_writes
 from pipeline.tiling import DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -223,33 +223,10 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
         group["valid"][r0:r1, c0:c1] = valid
     except OSError as exc:
         if is_disk_full(exc):
-            _settle_zarr_writes()
+            settle_pending_writes()
             return OSError(exc.errno, exc.strerror, exc.filename)
         raise
     return int(valid.sum())
-
-
-def _settle_zarr_writes(timeout: float = 10.0) -> None:
-    """Wait for the chunk writes zarr still has in flight in this process.
-
-    zarr writes a selection's chunks concurrently on its own event loop and raises at the first
-    failure, leaving the other writes running. After a full disk they would land in the staging
-    directory once the driver has removed it, recreating it as debris; so the task returns only
-    once they have ended (they fail fast on a full disk).
-    """
-    import asyncio
-
-    from zarr.core.sync import _get_loop  # zarr's I/O loop: no public way to wait for it
-
-    async def pending() -> None:
-        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
-
-    try:
-        asyncio.run_coroutine_threadsafe(pending(), _get_loop()).result(timeout + 1)
-    except Exception:  # noqa: BLE001 - best effort: the next run sweeps what is left
-        pass
 
 
 def _create_arrays(group: "zarr.Group", source: _Source, edge: int) -> None:

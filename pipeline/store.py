@@ -61,7 +61,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import dask.array
     import zarr
 
-__all__ = ["STORE_ENV", "Store", "Survey", "default_store_path"]
+__all__ = ["STORE_ENV", "Store", "Survey", "default_store_path", "settle_pending_writes"]
 
 STORE_ENV = "DAMWATCH_STORE"
 # zarr (~0.3 s) and dask.array (~0.9 s) are imported inside the methods that need them:
@@ -383,3 +383,26 @@ def _survey_from_attrs(survey_id: str, attrs: dict, zarr_path: Path) -> Survey:
         zarr_path=zarr_path,
         ingested_at=attrs["ingested_at"],
     )
+
+
+def settle_pending_writes(timeout: float = 10.0) -> None:
+    """Wait for the chunk writes zarr still has in flight in this process.
+
+    zarr writes a selection's chunks concurrently on its own event loop and raises at the first
+    failure, leaving the other writes running. After a full disk they would land in the staging
+    directory once the driver has removed it, recreating it as debris; so the task returns only
+    once they have ended (they fail fast on a full disk).
+    """
+    import asyncio
+
+    from zarr.core.sync import _get_loop  # zarr's I/O loop: no public way to wait for it
+
+    async def pending() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(pending(), _get_loop()).result(timeout + 1)
+    except Exception:  # noqa: BLE001 - best effort: the next run sweeps what is left
+        pass

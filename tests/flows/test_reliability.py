@@ -352,6 +352,30 @@ def test_a_full_disk_in_the_watch_flow_releases_the_file_and_fails_the_run(
     assert list((store.root / ".staging").iterdir()) == []
 
 
+def test_features_on_a_full_disk_are_one_paragraph_and_leave_no_staging(
+    prefect, small_disk, tmp_path, write_survey, dask_client
+):
+    from pipeline.ingest import ingest
+
+    import shutil
+
+    write_survey(tmp_path / "creek.tif", height=1024, width=1024, seed=16)
+    store = Store(small_disk / "st")
+    ingest(tmp_path / "creek.tif", "creek", "2024-06-01", store, client=dask_client)
+    # Something else fills the disk but for 150 KB; 29 x 29 tiles of features take ~400 KB.
+    filler = small_disk / "other-data"
+    filler.write_bytes(b"\0" * (shutil.disk_usage(small_disk).free - 150_000))
+    ((status, _, err),) = run_cli(
+        [["features", "creek-2024-06-01", "--stride", "32", "--store", str(store.root),
+          "--cluster", dask_client.scheduler.address]],
+        prefect,
+    )
+    tail = one_paragraph("features", status, err, expected_status=1)
+    assert f"the disk holding {store.root}" in tail and "is full" in tail
+    assert list(store.staging_dir.iterdir()) == []
+    assert store.complete_groups("features/creek-2024-06-01", "*/*") == []
+
+
 # ---------------------------------------------------------------------------------------------
 # 11. A store that cannot be written: refused before any work, even for detect
 
