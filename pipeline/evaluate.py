@@ -27,7 +27,7 @@ from rasterio.warp import transform as warp_transform
 
 from ann import metrics
 from pipeline.change import CLASS_NAMES, GONE, NEW, NODATA, PERSISTING
-from pipeline.geojson import check_geometries, parse_crs, read_features
+from pipeline.geojson import parse_crs, read_features
 from pipeline.maps import TileEdges, covering_range, tile_edges
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -40,10 +40,6 @@ __all__ = ["read_truth", "truth_points", "truth_tile_labels", "detection_metrics
 def read_truth(path: str | os.PathLike) -> dict:
     """A ground-truth GeoJSON as a FeatureCollection dict (keeping a legacy ``crs`` member)."""
     features, crs_name = read_features(path, what="truth file")
-    check_geometries(
-        features, parse_crs(None, crs_name, path, what="truth file"), path, what="truth file",
-        fix_crs='name their CRS in the file, e.g. "crs": {"type": "name", "properties": {"name": "EPSG:32614"}}',
-    )
     truth: dict[str, Any] = {"type": "FeatureCollection", "features": features}
     if crs_name is not None:
         truth["crs"] = {"type": "name", "properties": {"name": crs_name}}

@@ -61,7 +61,7 @@ from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_clie
 from pipeline.errors import InputError
 from pipeline.expressions import evaluate_expression, parse_expression
 from pipeline.files import jsonable, parse_date
-from pipeline.geojson import check_geometries, parse_crs, read_features, select_features, single_parts
+from pipeline.geojson import parse_crs, read_features, select_features, single_parts
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -247,11 +247,9 @@ def labels_from_vector(
     if not 0 < min_cover <= 1:
         raise InputError(f"polygon cover fraction {min_cover} must lie in (0, 1]")
     path = Path(path)
-    features, crs_name = read_features(path, what="label file")
+    fix_crs = crs_hint(survey)
+    features, crs_name = read_features(path, what="label file", crs=crs, fix_crs=fix_crs)
     source_crs = parse_crs(crs, crs_name, path, what="label file")
-    epsg = survey.crs.to_epsg()
-    fix_crs = f"pass --crs EPSG:{epsg} if they are in the survey's CRS" if epsg else "pass --crs EPSG:<code>"
-    check_geometries(features, source_crs, path, what="label file", fix_crs=fix_crs)
     date = None
     if on_date is not None:
         date = survey.date if str(on_date) == "survey" else parse_date(on_date, "--on-date", "--on-date 2024-06-01 or --on-date survey")
@@ -269,9 +267,8 @@ def labels_from_vector(
     unknown_region = 0
     if region is not None:
         region_path = Path(region)
-        region_features, region_crs_name = read_features(region_path, what="region file")
+        region_features, region_crs_name = read_features(region_path, what="region file", crs=crs, fix_crs=fix_crs)
         region_crs = parse_crs(crs, region_crs_name, region_path, what="region file")
-        check_geometries(region_features, region_crs, region_path, what="region file", fix_crs=fix_crs)
         region_parts = [
             p
             for f in region_features
@@ -311,6 +308,12 @@ def labels_from_vector(
     labels = TileLabels(survey_id, grid, values, source, name, report)
     _count(labels)
     return save_labels(store, labels, survey.source_sha256) if save else labels
+
+
+def crs_hint(survey: Any) -> str:
+    """How to name the CRS of a label file's coordinates, for a survey (its own EPSG code first)."""
+    epsg = survey.crs.to_epsg()
+    return f"pass --crs EPSG:{epsg} if they are in the survey's CRS" if epsg else "pass --crs EPSG:<code>"
 
 
 def _check_grid(grid: TileGrid, survey: Any) -> None:

@@ -664,15 +664,19 @@ def test_the_catalogue_of_bad_inputs_is_refused_in_one_paragraph(catalogue_store
     assert not any("\n" in p.name for p in store.root.rglob("*"))
 
 
-def test_truth_coordinates_are_checked_before_detect_does_any_work(tmp_path):
+def test_truth_coordinates_are_checked_when_a_truth_file_is_read(tmp_path):
+    """detect --truth, change --truth and evaluate read their truth with read_features, before any work."""
     from pipeline.errors import InputError
-    from pipeline.evaluate import read_truth
+    from pipeline.geojson import read_features
 
     with pytest.raises(InputError, match=r"outside longitude/latitude range.*\"crs\": \{\"type\": \"name\""):
-        read_truth(_truth(tmp_path / "utm.geojson", _square(500_050, 4_999_950, 20)))
-    # The same square, named in its CRS, and a valid WGS84 one, are accepted.
-    read_truth(_truth(tmp_path / "named.geojson", _square(500_050, 4_999_950, 20), crs="EPSG:32614"))
-    read_truth(_truth(tmp_path / "wgs84.geojson", _square(-97.5, 45.1, 0.001)))
+        read_features(_truth(tmp_path / "utm.geojson", _square(500_050, 4_999_950, 20)), what="truth file")
+    with pytest.raises(InputError, match=r"feature 0 \(name 'dam 0'\) has coordinates \[NaN, 45.1\]"):
+        read_features(_truth(tmp_path / "nan.geojson", {"type": "Point", "coordinates": [float("nan"), 45.1]}))
+    # The same square named in its CRS, a valid WGS84 one, or one read with --crs, are accepted.
+    read_features(_truth(tmp_path / "named.geojson", _square(500_050, 4_999_950, 20), crs="EPSG:32614"))
+    read_features(_truth(tmp_path / "wgs84.geojson", _square(-97.5, 45.1, 0.001)))
+    read_features(tmp_path / "utm.geojson", crs="EPSG:32614")
 
 
 def test_labels_from_a_truth_file_named_in_its_crs_match_the_pixels_it_covers(catalogue_store):
