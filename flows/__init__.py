@@ -27,6 +27,7 @@ Shared machinery, one concept per module:
 ``runs``            ``runs/<run_id>/`` and the Prefect artifacts of a run
 ``headlines``       one-line summaries of stage outcomes
 ``inbox``           the watch flow's inbox, ledger and claims
+``prefect_server``  Prefect's temporary server, tied to the life of the process that started it
 ``deployments``     schedules for ``damwatch serve``
 ``cli``             the ``damwatch`` command line (``commands/``: one module per command)
 ==================  =====================================================================

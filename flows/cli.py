@@ -2,8 +2,9 @@
 
 Subcommands live in ``flows/commands/<name>.py`` and are discovered at start-up, so adding a
 command never means editing this file. A user mistake (:class:`pipeline.errors.DamwatchError`
-or :class:`ann.errors.AnnError`) is printed as one paragraph with exit status 2; a bug keeps its
-traceback.
+or :class:`ann.errors.AnnError`) is printed as one paragraph with exit status 2; a fault of the
+machine (:class:`pipeline.errors.ResourceError`: a full disk, an unreachable cluster) the same
+way with exit status 1; a bug keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Sequence
 import flows.commands
 from ann.errors import AnnError
 from pipeline import __version__
-from pipeline.errors import DamwatchError
+from pipeline.errors import DamwatchError, ResourceError
 
 __all__ = ["main", "build_parser"]
 
@@ -82,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (DamwatchError, AnnError) as exc:
         message = textwrap.fill(str(exc), width=100, break_long_words=False, break_on_hyphens=False)
         print(f"damwatch {args.command}: error: {message}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, ResourceError) else 2
     except KeyboardInterrupt:
         print(f"damwatch {args.command}: interrupted", file=sys.stderr)
         return 130

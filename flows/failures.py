@@ -3,7 +3,8 @@
 A stage fails either because of its input (a :class:`pipeline.errors.DamwatchError` or an
 :class:`ann.errors.AnnError`: a missing survey, a bad file, a refused overwrite) or because of a
 *transient* fault (an I/O error, a lost Dask worker or connection, a timeout). Retrying cannot
-fix bad input, so only transient faults are retried (:func:`retry_transient`, the
+fix bad input, nor a full disk (:class:`pipeline.errors.DiskFull`, and any ``ENOSPC`` /
+``EDQUOT``), so only transient faults are retried (:func:`retry_transient`, the
 ``retry_condition_fn`` of every stage task; each task states its retry policy in its
 decorator). A user error is shown as its one-paragraph message, without the traceback Prefect
 would log (:func:`hide_user_error_tracebacks`).
@@ -11,24 +12,30 @@ would log (:func:`hide_user_error_tracebacks`).
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from ann.errors import AnnError
-from pipeline.errors import DamwatchError
+from pipeline.errors import DamwatchError, ResourceError
 
 __all__ = ["is_transient", "retry_transient", "hide_user_error_tracebacks"]
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for failures that may succeed on a second try; never for bad input."""
+    """True for failures that may succeed on a second try; never for bad input or a full disk."""
+    if isinstance(exc, ResourceError):
+        return exc.transient
     if isinstance(exc, (DamwatchError, AnnError)):
         return False
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return False  # space is not freed by waiting 10 s
     transient: tuple[type[BaseException], ...] = (OSError, TimeoutError, ConnectionError)
     try:
-        from distributed.client import FutureCancelledError
+        from distributed.client import ClosedClientError, FutureCancelledError
         from distributed.scheduler import KilledWorker
 
-        transient += (KilledWorker, FutureCancelledError)
+        # A closed client is retried: the cluster session reconnects (flows/session.py).
+        transient += (KilledWorker, FutureCancelledError, ClosedClientError)
     except ImportError:  # pragma: no cover
         pass
     return isinstance(exc, transient)

@@ -7,6 +7,13 @@ fingerprint, whether it ran or was skipped, and its seconds). The run id is
 ``<UTC start, YYYYmmddTHHMMSSZ>-<flow>-<last 8 hex digits of the Prefect flow-run id>``: it
 sorts by time, says what ran, and leads back to the run in the Prefect UI.
 
+A run that is killed (SIGKILL, a power cut) cannot write its end. While it runs, a hidden
+marker ``runs/.<run_id>.run~<host>~<pid>~<start>~…`` names its process; the next run on this
+host whose marker's process is dead sweeps it: an interrupted run that wrote nothing but its
+record is removed, one that wrote outputs keeps them with ``"status": "interrupted"`` in its
+``provenance.json``. Before any of this, the store is checked writable, and the staging that
+dead processes left is removed (:meth:`pipeline.store.Store.sweep`).
+
 The same facts go to Prefect as artifacts, keyed by flow so the UI shows their history:
 ``<flow>-summary`` (markdown), ``<flow>-top-detections`` (table) and ``<flow>-maps``
 (markdown list of the output paths).
@@ -19,6 +26,7 @@ import datetime as dt
 import json
 import os
 import platform
+import shutil
 import socket
 import time
 import uuid
@@ -31,6 +39,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
 from pipeline import __version__
+from pipeline.files import disk_full, is_disk_full, owned_name, owner_gone, owner_of, sweep_owned
 from pipeline.store import Store
 
 __all__ = ["RunRecord", "artifact_key", "markdown_table", "top_detections"]
@@ -116,8 +125,20 @@ class RunRecord:
         short = (self.prefect_id or uuid.uuid4().hex).replace("-", "")[-8:]
         self.run_id = f"{self.started:%Y%m%dT%H%M%SZ}-{flow.replace('_', '-')}-{short}"
         self.dir = store.runs_dir / self.run_id
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.stages: list[dict] = []
+        store.check_writable()  # before any work: one paragraph, not a traceback halfway
+        store.sweep()
+        sweep_interrupted_runs(store)
+        self._marker = store.runs_dir / owned_name(self.run_id, "run")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            self._marker.touch()
+            self._write_provenance("running")
+        except OSError as exc:
+            if is_disk_full(exc):  # one paragraph, not a traceback: see pipeline.files
+                self._marker.unlink(missing_ok=True)
+                raise disk_full(exc, self.dir) from None
+            raise
 
     def add(self, outcome: Mapping[str, Any]) -> dict:
         """Note a stage outcome (the dict a stage task returns); returns it."""
@@ -130,7 +151,11 @@ class RunRecord:
         try:
             yield
         except BaseException as exc:
-            self._write_provenance(error=f"{type(exc).__name__}: {exc}")
+            try:
+                self._write_provenance("failed", error=f"{type(exc).__name__}: {exc}")
+            except OSError:  # a full disk: the error itself matters more than its record
+                pass
+            self._marker.unlink(missing_ok=True)
             raise
 
     def seconds(self) -> dict[str, float]:
@@ -146,17 +171,22 @@ class RunRecord:
         headline: Sequence[str] = (),
         detections: Sequence[Mapping[str, Any]] = (),
         maps: Mapping[str, str] | None = None,
+        error: str | None = None,
     ) -> dict:
         """Write ``summary.json`` and ``provenance.json`` and create the Prefect artifacts.
 
         ``headline`` lines open the markdown summary (surveys, tiles, detections, change
         counts, metrics); ``detections`` are rows for the top-detections table; ``maps`` names
-        output paths (label -> path).
+        output paths (label -> path). ``error``: the run is failing with this message after
+        summing up what it did (the watch flow with files released for the next run); both
+        files then say ``"status": "failed"``.
         """
         maps = dict(maps or {})
         full = {
             "run_id": self.run_id,
             "flow": self.flow,
+            "status": "failed" if error else "completed",
+            "error": error,
             "run_dir": str(self.dir),
             **dict(summary),
             "stages": [
@@ -165,18 +195,19 @@ class RunRecord:
             "seconds": {**self.seconds(), "total": round(time.perf_counter() - self._t0, 3)},
             "maps": maps,
         }
-        self._write_provenance(error=None)
+        self._write_provenance("failed" if error else "completed", error=error)
         _write_json(self.dir / "summary.json", full)  # last: a run with a summary is complete
+        self._marker.unlink(missing_ok=True)
         self._artifacts(full, headline, detections, maps)
         return full
 
-    def _write_provenance(self, error: str | None) -> None:
+    def _write_provenance(self, status: str, error: str | None = None) -> None:
         _write_json(
             self.dir / "provenance.json",
             {
                 "run_id": self.run_id,
                 "flow": self.flow,
-                "status": "failed" if error else "completed",
+                "status": status,
                 "error": error,
                 "parameters": self.parameters,
                 "prefect_flow_run_id": self.prefect_id,
@@ -219,3 +250,38 @@ class RunRecord:
         create_markdown_artifact(
             "\n".join(map_lines), key=artifact_key(self.flow, "maps"), description="Paths of the maps and reports"
         )
+
+
+def sweep_interrupted_runs(store: Store) -> list[str]:
+    """Close the records of runs whose process died on this host (see the module docstring).
+
+    Returns the ids of the runs swept. A run of another host, or of a live process, is left.
+    """
+    swept = []
+    try:
+        markers = [p for p in store.runs_dir.iterdir() if p.name.startswith(".") and ".run~" in p.name]
+    except OSError:
+        return swept
+    for marker in markers:
+        owner = owner_of(marker)
+        if owner is None or not owner_gone(*owner):
+            continue
+        run_id = marker.name[1:].split(".run~", 1)[0]
+        run_dir = store.runs_dir / run_id
+        for folder in [root for root, _, _ in os.walk(run_dir)]:
+            sweep_owned(folder)  # the output folders it was writing
+        record = run_dir / "provenance.json"
+        kept = [p for p in run_dir.rglob("*") if p.is_file() and p != record] if run_dir.is_dir() else []
+        if not kept:  # nothing but its own record: nothing to keep
+            shutil.rmtree(run_dir, ignore_errors=True)
+        elif record.is_file():
+            try:
+                provenance = json.loads(record.read_text())
+            except ValueError:
+                provenance = {"run_id": run_id}
+            if provenance.get("status") == "running":
+                provenance.update(status="interrupted", error=f"its process (pid {owner[1]} on {owner[0]}) died")
+                _write_json(record, provenance)
+        marker.unlink(missing_ok=True)
+        swept.append(run_id)
+    return swept

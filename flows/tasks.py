@@ -25,7 +25,7 @@ from prefect.cache_policies import NO_CACHE
 from flows.failures import retry_transient
 from flows.resume import Stage
 from flows.session import in_process, stage_client
-from pipeline.change import ChangeThresholds, change_surveys
+from pipeline.change import ChangeThresholds, change_surveys, date_order_note
 from pipeline.detect import detect_survey, resolve_model
 from pipeline.drift import check_drift
 from pipeline.errors import DamwatchError, InputError
@@ -420,6 +420,8 @@ def change_task(
     if reproject:  # only when set, so records made before the option existed still match
         inputs["reproject"] = True
     stage = Stage(store, "change", f"{model_id}/{before_id}..{after_id}", inputs, run_id, get_run_logger())
+    if note := date_order_note(before, after):
+        get_run_logger().warning(note)
     if not rerun and (skipped := stage.previous(_files_exist)) is not None:
         return skipped
     with stage_client() as client:

@@ -6,8 +6,10 @@ as a subflow on each file whose content has not been processed yet and that no o
 processing now. A run with nothing new does nothing (no cluster is started) and says so.
 
 A file that is bad input (:class:`DamwatchError` / :class:`AnnError`) is recorded as failed
-and not retried until its record is removed; any other failure releases the claim so that the
-next run tries again, and marks this run as failed once the other files are done.
+and not retried until its record is removed; any other failure, and a fault of the machine
+(:class:`ResourceError`: an unreachable cluster, a full disk), releases the claim so that the
+next run tries again, and marks this run as failed (in Prefect and in its ``provenance.json``)
+once the other files are done.
 
 Served on a schedule by ``damwatch serve`` (``flows/deployments.py``) or a work pool
 (``deploy/prefect.yaml``).
@@ -22,9 +24,11 @@ from prefect import flow, get_run_logger
 from ann.errors import AnnError
 from flows.inbox import Ledger, scan_inbox
 from flows.runs import RunRecord, top_detections
+from flows.session import cluster_session, connect
 from flows.survey_pipeline import survey_pipeline
 from flows.tasks import resolve_model_id
-from pipeline.errors import DamwatchError
+from pipeline.cluster import cluster_address
+from pipeline.errors import DamwatchError, ResourceError
 from pipeline.store import Store
 
 __all__ = ["watch_flow"]
@@ -39,11 +43,15 @@ def watch_flow(
     settle_seconds: float = 10.0,
     cluster: str | None = None,
     workers: int | None = None,
+    bands: list[str] | None = None,
 ) -> dict:
     """Run the survey pipeline on every new GeoTIFF in ``inbox``.
 
     ``settle_seconds``: files modified more recently than this are left for the next run (they
-    may still be being copied). ``model``: model id, or ``"latest"``, or None (ingest only). Other parameters as for ``survey_pipeline``.
+    may still be being copied). ``model``: model id, or ``"latest"``, or None (ingest only).
+    ``bands``: band names in file order for files whose sidecar names none (a deployment's
+    default for its inbox, e.g. ``["red", "green", "blue", "nir"]`` for NAIP). Other parameters
+    as for ``survey_pipeline``.
     """
     params = dict(locals())
     logger = get_run_logger()
@@ -52,7 +60,9 @@ def watch_flow(
     ledger = Ledger(st.root / "state" / "watch")
     processed, skipped, failed, errors, unknown = [], [], [], [], []
     model_id = None
-    with run.failing():
+    connected = False
+    # One cluster session for every file of the run (each subflow reuses it).
+    with run.failing(), cluster_session(cluster, workers):
         files = scan_inbox(Path(inbox), settle_seconds)
         for item in files:
             name = item.path.name
@@ -69,6 +79,11 @@ def watch_flow(
                 # Before claiming anything: a missing model is this deployment's fault, not the
                 # file's, so it fails the run and leaves the files for a run that has one.
                 model_id = resolve_model_id(st, model)
+            if not connected and cluster_address(cluster) is not None:
+                # Likewise an unreachable scheduler: fail the run before claiming any file, so
+                # nothing is recorded against the files and the next run takes them.
+                connect()
+                connected = True
             if not ledger.claim(sha, item.path, run.run_id):
                 holder = ledger.holder(sha) or {}
                 logger.info("%s: being processed by run %s, skipped", name, holder.get("run"))
@@ -80,17 +95,25 @@ def watch_flow(
                 continue
             record = {"file": name, "sha256": sha, "area": item.area, "date": item.date.isoformat(), "run": run.run_id}
             try:
-                result = survey_pipeline(
-                    path=str(item.path),
-                    area=item.area,
-                    date=item.date.isoformat(),
-                    store=str(st.root),
-                    model=model_id,
-                    stride=stride,
-                    sha256=sha,
-                    cluster=cluster,
-                    workers=workers,
-                )
+                with ledger.hold(sha):  # renews the claim's lease while the pipeline works
+                    result = survey_pipeline(
+                        path=str(item.path),
+                        area=item.area,
+                        date=item.date.isoformat(),
+                        store=str(st.root),
+                        model=model_id,
+                        stride=stride,
+                        sha256=sha,
+                        cluster=cluster,
+                        workers=workers,
+                        bands=list(item.bands or bands or []) or None,
+                    )
+            except ResourceError as exc:  # the machine's fault, not the file's: try again later
+                logger.error("%s: %s; released for the next run", name, exc)
+                ledger.release(sha)
+                errors.append({**record, "error": str(exc)})
+                if not exc.transient:
+                    break  # a full disk fails every other file too
             except (DamwatchError, AnnError) as exc:
                 logger.error("%s: bad input, not retried until %s is removed: %s", name, ledger.failed, exc)
                 ledger.mark_failed(sha, {**record, "error": str(exc)})
@@ -109,6 +132,12 @@ def watch_flow(
     detections = top_detections(
         [p for item in processed for key, p in item["summary"].get("maps", {}).items() if key.endswith("detections")]
     )
+    error = None
+    if errors:
+        error = (
+            f"{len(errors)} inbox file(s) failed and were released for the next run: "
+            + "; ".join(f"{e['file']}: {e['error']}" for e in errors)
+        )
     summary = run.finish(
         {
             "inbox": str(inbox),
@@ -126,10 +155,8 @@ def watch_flow(
         ],
         detections=detections,
         maps={f"{p['survey_id']} run": p["summary"]["run_dir"] for p in processed},
+        error=error,
     )
-    if errors:
-        raise RuntimeError(
-            f"{len(errors)} inbox file(s) failed and were released for the next run: "
-            + "; ".join(f"{e['file']}: {e['error']}" for e in errors)
-        )
+    if error:
+        raise RuntimeError(error)
     return summary

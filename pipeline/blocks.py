@@ -9,6 +9,9 @@ rows × tile columns × outputs, equal to the function applied to the whole arra
 
 :func:`resolve_client` picks where the work runs (the given client, the default one, or local
 threads) and :func:`compute_with_progress` / :func:`compute_tasks` run it with a progress bar.
+:func:`store_blocks` writes such an array into Zarr arrays block by block: each task computes
+its block and writes it, so the driver never holds the whole result and memory depends on the
+block size and the number of workers, not on the number of tiles (DESIGN decision 11).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from pipeline.tiling import TileGrid
 # features and labels import this module, and the command line opens their stored groups to
 # check its input before any work, so a refusal must not pay for them.
 
-__all__ = ["map_tile_blocks", "resolve_client", "compute_with_progress", "compute_tasks"]
+__all__ = ["map_tile_blocks", "resolve_client", "compute_with_progress", "compute_tasks", "store_blocks"]
 
 
 _MALLOC_TUNED = False
@@ -189,3 +192,52 @@ def compute_tasks(tasks: list, client: Any, desc: str) -> list:
         results = list(dask.compute(*tasks, scheduler="threads"))
         bar.update(len(tasks))
     return results
+
+
+def _write_block(block: np.ndarray, writer: Any, targets: list, region: tuple[slice, slice]) -> OSError | None:
+    """One task: write what ``writer`` makes of one computed block into each target array at ``region``.
+
+    A full disk is returned, not raised (an expected outcome, reported once by the driver rather
+    than logged as a crash by every worker), once zarr's other writes in flight have ended.
+    """
+    from pipeline.files import is_disk_full
+    from pipeline.store import settle_pending_writes
+
+    parts = writer(block)
+    try:
+        for target, part in zip(targets, parts):
+            target[region] = part
+    except OSError as exc:
+        if is_disk_full(exc):
+            settle_pending_writes()
+            return OSError(exc.errno, exc.strerror, exc.filename)
+        raise
+    return None
+
+
+def store_blocks(array: Any, writer: Any, targets: list, client: Any, desc: str) -> None:
+    """Compute ``array`` (from :func:`map_tile_blocks`) block by block, writing each into ``targets``.
+
+    ``writer(block) -> [part, ...]`` turns one block ``(n_rows, n_cols, n_out)`` into one part per
+    target Zarr array (e.g. features and valid fraction), each indexed by the block's tile rows
+    and columns first. The targets' chunks must be whole blocks, so that no two tasks write one
+    Zarr chunk. Runs on ``client`` (see :func:`resolve_client`) or local threads; each write
+    task returns nothing, so nothing is gathered. A full disk stops the writing and is raised
+    as the ``OSError`` a task met (the caller's staging turns it into one message).
+    """
+    import dask
+
+    row_starts = np.cumsum((0,) + array.chunks[0])
+    col_starts = np.cumsum((0,) + array.chunks[1])
+    tasks = []
+    for i in range(len(array.chunks[0])):
+        for j in range(len(array.chunks[1])):
+            region = (slice(int(row_starts[i]), int(row_starts[i + 1])), slice(int(col_starts[j]), int(col_starts[j + 1])))
+            tasks.append(dask.delayed(_write_block, pure=False)(array.blocks[i, j], writer, targets, region))
+    client = resolve_client(client)
+    if client is not None:
+        results = wait_with_progress(client.compute(tasks), desc, unit="block", stop=lambda r: isinstance(r, OSError))
+    else:
+        results = compute_tasks(tasks, None, desc)
+    for full in (r for r in results if isinstance(r, OSError)):
+        raise full

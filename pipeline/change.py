@@ -250,9 +250,9 @@ def _refuse_other_crs(before_id: str, before_crs: Any, after_id: str, after_crs:
         )
 
 
-def check_comparable(before: "Survey", after: "Survey", reproject: bool = False) -> str | None:
-    """Refuse two surveys that cannot be compared, with the reason and the fix. Returns a
-    warning (or None) when BEFORE is the later date."""
+def check_comparable(before: "Survey", after: "Survey", reproject: bool = False) -> None:
+    """Refuse two surveys that cannot be compared, with the reason and the fix (a BEFORE dated
+    later than AFTER is comparable: :func:`date_order_note` says what the classes then mean)."""
     if before.id == after.id:
         raise InputError(f"BEFORE and AFTER are both {before.id}; give two surveys of one area at two dates")
     if before.area != after.area:
@@ -270,12 +270,22 @@ def check_comparable(before: "Survey", after: "Survey", reproject: bool = False)
             f"{tuple(round(v, 2) for v in b)} and {after.id} {tuple(round(v, 2) for v in a)} "
             f"(left, bottom, right, top in {before.crs.to_string()}); change compares two surveys of the same place"
         )
-    if before.date > after.date:
-        return (
-            f"BEFORE {before.id} ({before.date}) is later than AFTER {after.id} ({after.date}): 'new' means present "
-            f"on {after.date} but not on {before.date}, i.e. gone in time order; swap them for the usual meaning"
-        )
-    return None
+
+
+def date_order_note(before: "Survey", after: "Survey") -> str | None:
+    """A warning when BEFORE is dated later than AFTER, saying what new and gone then mean.
+
+    The comparison keeps the order given (it is not swapped behind the user's back), so its
+    "new" are the objects of the earlier survey that the later one lacks.
+    """
+    if before.date <= after.date:
+        return None
+    return (
+        f"BEFORE {before.id} is dated {before.date.isoformat()}, later than AFTER {after.id} "
+        f"({after.date.isoformat()}); the comparison keeps this order, so 'new' means present in "
+        f"{after.id} (the earlier survey) but not in {before.id}, and 'gone' the opposite; give the "
+        f"earlier survey first to compare forward in time"
+    )
 
 
 def change_surveys(

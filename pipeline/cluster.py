@@ -19,11 +19,13 @@ import contextlib
 import os
 from collections.abc import Iterator
 
-from pipeline.errors import InputError
+from pipeline.errors import ClusterUnavailable, InputError
 
-__all__ = ["CLUSTER_ENV", "BLAS_THREAD_VARIABLES", "dask_client", "cluster_address"]
+__all__ = ["CLUSTER_ENV", "CONNECT_TIMEOUT_ENV", "BLAS_THREAD_VARIABLES", "dask_client", "cluster_address"]
 
 CLUSTER_ENV = "DAMWATCH_CLUSTER"
+#: Seconds to keep trying to reach an external scheduler (default 10) before giving up.
+CONNECT_TIMEOUT_ENV = "DAMWATCH_CLUSTER_TIMEOUT"
 BLAS_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -57,13 +59,16 @@ def dask_client(
 
     address = cluster_address(address)
     if address is not None:
+        timeout = float(os.environ.get(CONNECT_TIMEOUT_ENV) or 10)
         try:
-            client = distributed.Client(address, timeout="10s")
+            client = distributed.Client(address, timeout=f"{timeout}s")
         except OSError as exc:
-            raise InputError(
+            # The machine's fault, not the input's: a stage retries it, and the watch flow
+            # releases the file for a later run instead of recording it as bad input.
+            raise ClusterUnavailable(
                 f"cannot reach the Dask scheduler at {address} ({exc}); start one with "
-                f"`dask scheduler` and `dask worker {address}`, or unset {CLUSTER_ENV} to use a "
-                f"local cluster"
+                f"`dask scheduler` and `dask worker {address}`, or unset {CLUSTER_ENV} (and drop "
+                f"--cluster) to use a local cluster"
             ) from None
         with client:
             yield client

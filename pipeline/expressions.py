@@ -13,6 +13,11 @@ It is parsed with :mod:`ast` and checked node by node (:func:`parse_expression`)
 Band values are the raw pixel values (digital numbers, as stored), so ``nir < 60`` means what
 it says on a uint8 survey. The expression must be a condition (a comparison or a logical
 combination of comparisons). :func:`evaluate_expression` computes it over pixel arrays.
+
+Numbers must be finite (``1e309`` is infinity in floating point and is refused), and a division
+by a constant zero is refused. A pixel where a division's divisor is zero (``red / green`` where
+green is 0) has no value there: it satisfies no comparison (rather than being ±infinity, which
+would satisfy every ``>`` or ``<``).
 """
 
 from __future__ import annotations
@@ -81,6 +86,18 @@ def parse_expression(expr: str, band_names: tuple[str, ...] | list[str], survey_
                 f"which the expression language does not allow; use band names ({help_names}), numbers, "
                 f"+ - * /, abs(), comparisons and and/or/not"
             )
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and not np.isfinite(node.value):
+            raise InputError(
+                f"band expression {expr!r} has the number {ast.get_source_segment(expr.strip(), node) or node.value}, "
+                f"which is too large to be a finite number (it would be infinity, true or false for every "
+                f"pixel); use a threshold within the pixel values' range"
+            )
+        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div) and _constant_value(node.right) == 0:
+            raise InputError(
+                f"band expression {expr!r} divides by zero ({_describe(node)}), which is infinite or undefined "
+                f"for every pixel; divide by a band or a non-zero number"
+            )
     unknown = sorted(_names_in(tree) - allowed_names)
     if unknown:
         missing_index = [n for n in unknown if n in INDICES]
@@ -106,6 +123,28 @@ def parse_expression(expr: str, band_names: tuple[str, ...] | list[str], survey_
     return tree
 
 
+def _constant_value(node: ast.AST) -> float | None:
+    """The value of a sub-expression made of numbers only (``2 - 2``), else None."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, (int, float)):
+        return float(node.value)
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+        v = _constant_value(node.operand)
+        return None if v is None else (-v if isinstance(node.op, ast.USub) else v)
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITHMETIC:
+        a, b = _constant_value(node.left), _constant_value(node.right)
+        if a is None or b is None or (isinstance(node.op, ast.Div) and b == 0):
+            return None
+        with np.errstate(all="ignore"):
+            return float(_ARITHMETIC[type(node.op)](a, b))
+    return None
+
+
+def _divide(a, b):
+    """``a / b``, NaN (no value) where ``b`` is 0: such a pixel satisfies no comparison."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(np.asarray(b) == 0, np.nan, np.true_divide(a, b))
+
+
 def evaluate_expression(tree: ast.Expression, bands: dict[str, np.ndarray]) -> np.ndarray:
     """Evaluate a parsed expression over pixel arrays ``bands`` (name → array, float); returns bool."""
     cache: dict[str, np.ndarray] = {}
@@ -129,6 +168,8 @@ def evaluate_expression(tree: ast.Expression, bands: dict[str, np.ndarray]) -> n
         if isinstance(node, ast.Name):
             return name(node.id)
         if isinstance(node, ast.BinOp):
+            if isinstance(node.op, ast.Div):
+                return _divide(ev(node.left), ev(node.right))
             op = _ARITHMETIC.get(type(node.op)) or _LOGICAL[type(node.op)]
             return op(ev(node.left), ev(node.right))
         if isinstance(node, ast.UnaryOp):

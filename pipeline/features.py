@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipeline.bands import LUMA, band_positions, normalized_difference, pixel_scale
-from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
+from pipeline.blocks import map_tile_blocks, resolve_client, store_blocks
 from pipeline.errors import InputError
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
@@ -523,7 +523,6 @@ def compute_features(
     tiles_per_block = grid.tiles_per_chunk(survey.chunk_edge, MIN_TILES_PER_TASK)
     packed = features_dask(image, valid, grid, spec, band_indices, pixel_scale(survey.dtype), tiles_per_block)
     client = resolve_client(client)
-    packed = compute_with_progress(packed, client, f"features {survey_id}", "tile-features")
 
     attributes = {
         "survey_id": survey_id,
@@ -554,22 +553,17 @@ def compute_features(
             attributes={"description": "fraction of the tile's pixels that are not nodata"},
             **common,
         )
-        _store_packed(packed, [values, fraction], client)
+        # Each task computes one block of tiles and writes its own Zarr chunks: nothing is
+        # gathered on the driver or persisted whole on the workers.
+        store_blocks(packed, _unpack, [values, fraction], client, f"features {survey_id}")
     result = open_features(store, survey_id, spec, stride, size)
     result.status = "computed"
     return result
 
 
-def _store_packed(packed: Any, targets: list, client: Any) -> None:
-    """Write ``packed[..., :-1]`` and ``packed[..., -1]`` (NumPy, or Dask on ``client``) to Zarr arrays."""
-    if isinstance(packed, np.ndarray):
-        targets[0][...] = packed[..., :-1]
-        targets[1][...] = packed[..., -1]
-        return
-    import dask.array as da
-
-    stored = da.store([packed[..., :-1], packed[..., -1]], targets, lock=False, compute=False)
-    client.gather(client.compute(stored))  # each worker writes the chunks it holds: whole Zarr chunks
+def _unpack(packed: np.ndarray) -> list[np.ndarray]:
+    """A packed block (rows, cols, F + 1) as [features (rows, cols, F), valid fraction (rows, cols)]."""
+    return [packed[..., :-1], packed[..., -1]]
 
 
 def open_features(

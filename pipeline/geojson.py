@@ -9,7 +9,11 @@ geometry, in WGS84 unless the legacy ``crs`` member or the caller (``--crs``) na
 (:func:`parse_crs`). Objects are chosen by their properties and by the dates on which they
 exist (:func:`select_features`).
 
-Reading refuses, with one clear message naming the file, anything that is not GeoJSON.
+Reading refuses, with one clear message naming the file, anything that is not GeoJSON;
+:func:`check_geometries` then refuses, naming the feature, coordinates that are not finite
+numbers, coordinates outside longitude/latitude range in a file read as WGS84 (the common
+mistake: a file in projected metres without a ``crs`` member), and polygons whose rings cross
+themselves (their inside is undefined).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ __all__ = [
     "select_features",
     "single_parts",
     "polygons",
+    "check_geometries",
     "bbox",
     "rfc7946_orient",
     "to_wgs84",
@@ -46,17 +51,23 @@ __all__ = [
 
 GEOMETRY_TYPES = {"Point", "MultiPoint", "LineString", "MultiLineString", "Polygon", "MultiPolygon", "GeometryCollection"}
 _CRS84 = {"URN:OGC:DEF:CRS:OGC:1.3:CRS84", "CRS84", "OGC:CRS84"}
+_NAME_THE_CRS = 'name their CRS in the file, e.g. "crs": {"type": "name", "properties": {"name": "EPSG:32614"}}'
 
 
 # --------------------------------------------------------------------------------------------
 # Reading
 
 
-def read_features(path: str | Path, what: str = "GeoJSON file") -> tuple[list[dict], str | None]:
+def read_features(
+    path: str | Path, what: str = "GeoJSON file", crs: Any = None, fix_crs: str | None = None
+) -> tuple[list[dict], str | None]:
     """The features of a GeoJSON file, and the CRS its legacy ``crs`` member names (or None).
 
     Accepts a FeatureCollection, a Feature or a bare geometry. ``what`` names the file in
-    errors ("label file", "truth file").
+    errors ("label file", "truth file"). The geometries are checked
+    (:func:`check_geometries`) in the CRS they will be read in: ``crs`` (the caller's, e.g.
+    ``--crs``) if given, else the file's ``crs`` member, else WGS84; ``fix_crs`` tells the user
+    how to name another CRS (default: the ``crs`` member).
     """
     path = Path(path)
     try:
@@ -87,6 +98,7 @@ def read_features(path: str | Path, what: str = "GeoJSON file") -> tuple[list[di
         )
     if not all(isinstance(f, dict) for f in features):
         raise InputError(f"{what} {path} holds features that are not JSON objects; give a GeoJSON FeatureCollection")
+    check_geometries(features, parse_crs(crs, crs_name, path, what), path, what, fix_crs or _NAME_THE_CRS)
     return features, crs_name
 
 
@@ -172,6 +184,105 @@ def select_features(
             else:
                 selected.append(f)
     return selected, no_geometry
+
+
+def _feature_name(feature: dict, index: int) -> str:
+    props = feature.get("properties") or {}
+    for key in ("id", "name"):
+        value = feature.get(key) if key == "id" else props.get(key)
+        if value is not None:
+            return f"feature {index} ({key} {value!r})"
+    return f"feature {index}"
+
+
+def _positions(geometry: dict) -> list:
+    """Every position of a geometry (GeometryCollections included), as given."""
+    if geometry.get("type") == "GeometryCollection":
+        return [p for g in geometry.get("geometries") or [] for p in _positions(g)]
+
+    def walk(c):
+        if isinstance(c, (list, tuple)) and c and not isinstance(c[0], (list, tuple)):
+            yield c
+        elif isinstance(c, (list, tuple)):
+            for item in c:
+                yield from walk(item)
+        else:
+            yield c  # not a position at all: reported as such
+
+    return list(walk(geometry.get("coordinates")))
+
+
+def _segments_cross(ring: np.ndarray) -> tuple[int, int] | None:
+    """Indices (i, j) of two non-adjacent edges of a closed ring that touch or cross, or None."""
+    a, b = ring[:-1], ring[1:]  # edges a[k] -> b[k]
+    n = len(a)
+
+    def orient(p, q, r):  # sign of the turn p -> q -> r
+        return np.sign((q[..., 0] - p[..., 0]) * (r[..., 1] - p[..., 1]) - (q[..., 1] - p[..., 1]) * (r[..., 0] - p[..., 0]))
+
+    for i in range(n - 2):
+        j = np.arange(i + 2, n if i > 0 else n - 1)  # the last edge is adjacent to the first
+        if j.size == 0:
+            continue
+        o1, o2 = orient(a[i], b[i], a[j]), orient(a[i], b[i], b[j])
+        o3, o4 = orient(a[j], b[j], a[i]), orient(a[j], b[j], b[i])
+        proper = (o1 * o2 < 0) & (o3 * o4 < 0)
+        if proper.any():
+            return i, int(j[np.argmax(proper)])
+    return None
+
+
+def check_geometries(features: Sequence[dict], crs: CRS, path: str | Path, what: str = "GeoJSON file",
+                     fix_crs: str = _NAME_THE_CRS) -> None:
+    """Refuse, naming the feature, geometries that cannot be placed on a map (module docstring).
+
+    ``crs`` is the CRS the file is read in; ``fix_crs`` says how the user names another one.
+    """
+    geographic = crs.is_geographic
+    for index, f in enumerate(features):
+        geometry = f.get("geometry")
+        if not geometry:
+            continue
+        name = _feature_name(f, index)
+        if not isinstance(geometry, dict) or geometry.get("type") not in GEOMETRY_TYPES:
+            raise InputError(f"{what} {path}: {name} has no valid GeoJSON geometry; give a Point, LineString or Polygon")
+        for pos in _positions(geometry):
+            ok = (
+                isinstance(pos, (list, tuple)) and len(pos) >= 2
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in pos[:2])
+            )
+            if not ok or not all(np.isfinite(pos[:2])):
+                raise InputError(
+                    f"{what} {path}: {name} has coordinates {json.dumps(pos, default=str)}, which are not "
+                    f"two finite numbers; fix or remove that feature"
+                )
+            x, y = float(pos[0]), float(pos[1])
+            if geographic and not (-180 <= x <= 180 and -90 <= y <= 90):
+                raise InputError(
+                    f"{what} {path}: {name} has coordinates ({x:g}, {y:g}), outside longitude/latitude "
+                    f"range, but the file is read as {crs.to_string()} (it has no `crs` member, and RFC 7946 "
+                    f"GeoJSON is WGS84). They look projected (metres?): {fix_crs}, or reproject the file "
+                    f"with `ogr2ogr -t_srs EPSG:4326 out.geojson {Path(path).name}`"
+                )
+        for part in single_parts(geometry):
+            if part["type"] != "Polygon":
+                continue
+            for ring in part["coordinates"]:
+                xy = np.asarray([p[:2] for p in ring], dtype=np.float64)
+                if len(xy) < 4 or not np.array_equal(xy[0], xy[-1]):
+                    raise InputError(
+                        f"{what} {path}: {name} has a polygon ring of {len(xy)} position(s) that is not "
+                        f"closed (at least 4 positions, the last equal to the first); fix that feature"
+                    )
+                crossing = _segments_cross(xy)
+                if crossing is not None:
+                    i, j = crossing
+                    raise InputError(
+                        f"{what} {path}: {name} is a self-intersecting polygon (its edge {i + 1} crosses "
+                        f"edge {j + 1}, near ({xy[i][0]:g}, {xy[i][1]:g})), so which pixels it covers is "
+                        f"undefined; repair it (QGIS: Vector > Geometry Tools > Fix Geometries, or "
+                        f"`ogr2ogr -makevalid out.geojson {Path(path).name}`) or remove it"
+                    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ each read a strip of chunks and write them straight into Zarr: no pixel travels 
 workers and no task holds more than one strip (DESIGN decision 11). The group is written with
 :meth:`pipeline.store.Store.new_group`, so an interrupted ingest never leaves a survey that
 looks complete. Ingesting the same file again does nothing; a different file under an existing
-survey id is refused unless ``overwrite``.
+survey id is refused unless ``overwrite`` — also when another process creates that survey while
+this one copies (the final rename refuses atomically).
 
 Band names come from ``bands``, else the file's band descriptions, else its colour
 interpretation, else ``band1..bandN``: a 4-band file is never guessed to hold near-infrared.
@@ -37,9 +38,9 @@ from zarr.codecs import ZstdCodec
 from pipeline import __version__
 from pipeline.bands import band_moments, merge_moments, moments_summary
 from pipeline.errors import InputError, StoreError
-from pipeline.files import file_sha256, parse_date, survey_id_for
+from pipeline.files import file_sha256, is_disk_full, parse_date, survey_id_for
 from pipeline.progress import progress_bar, wait_with_progress
-from pipeline.store import Store, Survey
+from pipeline.store import Store, Survey, settle_pending_writes
 from pipeline.tiling import DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -183,7 +184,11 @@ def _strips(height: int, width: int, edge: int, count: int, itemsize: int) -> li
 
 
 def _valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
-    """(y, x) bool: false where any band equals nodata or is NaN."""
+    """(y, x) bool: false where any band equals nodata or is not finite (NaN, ±inf).
+
+    An infinite value is no measurement: every statistic of a tile holding one would be
+    NaN or infinite.
+    """
     valid = np.ones(pixels.shape[1:], dtype=bool)
     if nodata is not None:
         if np.isnan(nodata):
@@ -191,7 +196,7 @@ def _valid_mask(pixels: np.ndarray, nodata: float | None) -> np.ndarray:
         else:
             valid &= ~(pixels == pixels.dtype.type(nodata)).any(axis=0)
     if pixels.dtype.kind == "f":
-        valid &= ~np.isnan(pixels).any(axis=0)
+        valid &= np.isfinite(pixels).all(axis=0)
     return valid
 
 
@@ -202,7 +207,9 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
     pixels aligned to the raster's, so strips add up to the survey's), or, when the file cannot be read there, a sentence
     saying where and why: a corrupt file is an expected outcome, not a task failure, so it is
     reported to the driver (which raises it as a user error) rather than logged as a crash by
-    the worker. Runs on a worker: opens the file and the Zarr arrays by path.
+    the worker. A full disk is reported the same way, as the OSError itself (the driver raises
+    it, and the staging turns it into one DiskFull paragraph). Runs on a worker: opens the
+    file and the Zarr arrays by path.
     """
 
     r0, r1, c0, c1 = strip
@@ -212,9 +219,15 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
     except RasterioError as exc:
         return f"rows {r0}-{r1}, columns {c0}-{c1}: {exc}"
     valid = _valid_mask(pixels, nodata)
-    group = zarr.open_group(group_path, mode="r+")
-    group["image"][:, r0:r1, c0:c1] = pixels
-    group["valid"][r0:r1, c0:c1] = valid
+    try:
+        group = zarr.open_group(group_path, mode="r+")
+        group["image"][:, r0:r1, c0:c1] = pixels
+        group["valid"][r0:r1, c0:c1] = valid
+    except OSError as exc:
+        if is_disk_full(exc):
+            settle_pending_writes()
+            return OSError(exc.errno, exc.strerror, exc.filename)
+        raise
     # Strips start on multiples of the chunk edge, a multiple of MOMENT_STEP: one global grid.
     return band_moments(pixels, valid)
 
@@ -352,12 +365,28 @@ def ingest(
         "spatial:registration": "pixel",
     }
 
-    with store.new_group(f"surveys/{survey_id}", consolidate=True) as group:
-        # Consolidated: one read opens the survey (xarray.open_zarr too).
-        _create_arrays(group, source, edge)
-        strips = _strips(source.height, source.width, edge, source.count, np.dtype(source.dtype).itemsize)
-        moments = _run_copy(source, str(group.store.root), strips, client, desc=f"ingest {survey_id}")
-        group.attrs.update({**attrs, "band_statistics": moments, "source_sha256": sha_future.result()})
+    itemsize = np.dtype(source.dtype).itemsize
+    raw_bytes = source.height * source.width * (source.count * itemsize + 1)  # pixels + valid mask, uncompressed
+    try:
+        # Consolidated: one read opens the survey (xarray.open_zarr too). Without --overwrite the
+        # final rename refuses a survey that another process created meanwhile (atomically).
+        with store.new_group(
+            f"surveys/{survey_id}", consolidate=True, replace=existing is not None or overwrite, expected_bytes=raw_bytes
+        ) as group:
+            _create_arrays(group, source, edge)
+            strips = _strips(source.height, source.width, edge, source.count, itemsize)
+            moments = _run_copy(source, str(group.store.root), strips, client, desc=f"ingest {survey_id}")
+            group.attrs.update({**attrs, "band_statistics": moments, "source_sha256": sha_future.result()})
+    except FileExistsError:
+        other = store.survey(survey_id)
+        if other.source_sha256 == sha_future.result() and other.bands == source.band_names:
+            return IngestResult(other, "unchanged")
+        raise StoreError(
+            f"survey {survey_id} was created in {store.root} by another process while {path.name} was "
+            f"being ingested, from {other.source_name} (sha256 {other.source_sha256[:12]}…), which "
+            f"differs; nothing of {path.name} was kept; pass --overwrite to replace it, or ingest under "
+            f"another --area or --date"
+        ) from None
     status: Literal["ingested", "replaced"] = "replaced" if existing is not None else "ingested"
     return IngestResult(store.survey(survey_id), status)
 
@@ -377,14 +406,16 @@ def _run_copy(source: _Source, staging: str, strips, client, desc: str) -> dict:
             for strip in strips:
                 results.append(_copy_strip(source.path, staging, source.nodata, strip))
                 bar.update(1)
-                if isinstance(results[-1], str):
+                if isinstance(results[-1], (str, OSError)):
                     break
     else:
         futures = [
             client.submit(_copy_strip, source.path, staging, source.nodata, strip, pure=False)
             for strip in strips
         ]
-        results = wait_with_progress(futures, desc, unit="strip")
+        results = wait_with_progress(futures, desc, unit="strip", stop=lambda r: isinstance(r, (str, OSError)))
+    for full in (r for r in results if isinstance(r, OSError)):
+        raise full
     problems = [r for r in results if isinstance(r, str)]
     if problems:
         raise InputError(

@@ -43,7 +43,9 @@ name (default ``"default"``).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,7 +57,7 @@ from rasterio.warp import transform_geom
 from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
-from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
+from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client, store_blocks
 from pipeline.errors import InputError
 from pipeline.expressions import evaluate_expression, parse_expression
 from pipeline.files import jsonable, parse_date
@@ -245,7 +247,8 @@ def labels_from_vector(
     if not 0 < min_cover <= 1:
         raise InputError(f"polygon cover fraction {min_cover} must lie in (0, 1]")
     path = Path(path)
-    features, crs_name = read_features(path, what="label file")
+    fix_crs = crs_hint(survey)
+    features, crs_name = read_features(path, what="label file", crs=crs, fix_crs=fix_crs)
     source_crs = parse_crs(crs, crs_name, path, what="label file")
     date = None
     if on_date is not None:
@@ -264,7 +267,7 @@ def labels_from_vector(
     unknown_region = 0
     if region is not None:
         region_path = Path(region)
-        region_features, region_crs_name = read_features(region_path, what="region file")
+        region_features, region_crs_name = read_features(region_path, what="region file", crs=crs, fix_crs=fix_crs)
         region_crs = parse_crs(crs, region_crs_name, region_path, what="region file")
         region_parts = [
             p
@@ -305,6 +308,12 @@ def labels_from_vector(
     labels = TileLabels(survey_id, grid, values, source, name, report)
     _count(labels)
     return save_labels(store, labels, survey.source_sha256) if save else labels
+
+
+def crs_hint(survey: Any) -> str:
+    """How to name the CRS of a label file's coordinates, for a survey (its own EPSG code first)."""
+    epsg = survey.crs.to_epsg()
+    return f"pass --crs EPSG:{epsg} if they are in the survey's CRS" if epsg else "pass --crs EPSG:<code>"
 
 
 def _check_grid(grid: TileGrid, survey: Any) -> None:
@@ -377,12 +386,7 @@ def labels_from_expression(
         "tile-labels",
     )
     client = resolve_client(client)
-    result = compute_with_progress(lazy, client, f"labels {survey_id}", "tile-labels")
-    if not isinstance(result, np.ndarray):
-        result = client.compute(result).result()
-    hit_fraction, valid_fraction = result[..., 0], result[..., 1]
-    values = np.where(hit_fraction >= min_fraction, POSITIVE, NEGATIVE).astype(np.int8)
-    values[valid_fraction < min_valid] = UNKNOWN
+    decide = functools.partial(_decide, min_fraction=min_fraction, min_valid=min_valid)
     source = f"expr:{expr} on >= {min_fraction:g} of the tile"
     report = {
         "expression": expr,
@@ -392,9 +396,29 @@ def labels_from_expression(
             f"unknown where valid fraction < {min_valid:g}"
         ),
     }
-    labels = TileLabels(survey_id, grid, values, source, name, report)
-    _count(labels)
-    return save_labels(store, labels, survey.source_sha256) if save else labels
+    if not save:
+        result = compute_with_progress(lazy, client, f"labels {survey_id}", "tile-labels")
+        if not isinstance(result, np.ndarray):
+            result = client.compute(result).result()
+        labels = TileLabels(survey_id, grid, decide(result)[0], source, name, report)
+        _count(labels)
+        return labels
+    # Each task labels one block of tiles and writes its own Zarr chunk: nothing is gathered
+    # but the stored labels themselves (one byte per tile), read back for the counts.
+    labels = TileLabels(survey_id, grid, np.zeros((0, 0), np.int8), source, name, report)
+    with _labels_group(store, labels, survey.source_sha256, chunks=lazy.chunksize[:2]) as target:
+        store_blocks(lazy, decide, [target], client, f"labels {survey_id}")
+        labels.values = np.asarray(target[...], dtype=np.int8)
+        _count(labels)
+    return labels
+
+
+def _decide(block: np.ndarray, min_fraction: float, min_valid: float) -> list[np.ndarray]:
+    """Labels of one block of (hit fraction, valid fraction) per tile, as [int8 (rows, cols)]."""
+    hit_fraction, valid_fraction = block[..., 0], block[..., 1]
+    values = np.where(hit_fraction >= min_fraction, POSITIVE, NEGATIVE).astype(np.int8)
+    values[valid_fraction < min_valid] = UNKNOWN
+    return [values]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -407,30 +431,45 @@ def labels_path(survey_id: str, name: str = "default", stride: int = TRAINING_ST
 
 def save_labels(store: "Store", labels: TileLabels, source_sha256: str | None = None) -> TileLabels:
     """Write ``labels`` to the store (replacing labels of the same name and grid); returns them with ``path``."""
+    with _labels_group(store, labels, source_sha256, chunks=labels.grid.shape) as target:
+        target[...] = np.asarray(labels.values, dtype=np.int8)
+    return labels
+
+
+@contextlib.contextmanager
+def _labels_group(store: "Store", labels: TileLabels, source_sha256: str | None, chunks: tuple[int, int]):
+    """Yield the empty int8 ``values`` array of a new label group for ``labels`` (written staged).
+
+    The group's attributes (source, report, grid) are taken from ``labels`` when the block ends,
+    so the block may still complete the report; ``labels.path`` is set.
+    """
     import zarr  # here, not at the top: the command line imports this module to check its input
 
     if not labels.name or "/" in labels.name or labels.name.startswith("."):
         raise InputError(f"label set name {labels.name!r} must be a plain name such as 'default' or 'water'")
     grid = labels.grid
     path = labels_path(labels.survey_id, labels.name, grid.stride, grid.size)
-    attributes = {
-        "survey_id": labels.survey_id,
-        "source": labels.source,
-        "report": jsonable(labels.report),
-        "grid": grid.to_dict(),
-        "source_sha256": source_sha256,
-    }
+    attributes: dict[str, Any] = {}
     with store.new_group(path, attributes) as group:
-        group.create_array(
+        target = group.create_array(
             "values",
-            data=np.asarray(labels.values, dtype=np.int8),
-            chunks=grid.shape,
+            shape=grid.shape,
+            dtype=np.int8,
+            chunks=tuple(int(c) for c in chunks),
+            fill_value=UNKNOWN,
             compressors=zarr.codecs.ZstdCodec(level=3),
             dimension_names=["tile_row", "tile_col"],
             attributes={"flag_values": [1, 0, -1], "flag_meanings": "positive negative unknown"},
         )
+        yield target
+        attributes.update(
+            survey_id=labels.survey_id,
+            source=labels.source,
+            report=jsonable(labels.report),
+            grid=grid.to_dict(),
+            source_sha256=source_sha256,
+        )
     labels.path = path
-    return labels
 
 
 def open_labels(

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from tqdm.auto import tqdm
 
-__all__ = ["progress_bar", "wait_with_progress", "EpochBar"]
+__all__ = ["EpochBar", "cancel_and_drain", "progress_bar", "wait_with_progress"]
 
 
 def progress_bar(total: int, desc: str, unit: str = "task", disable: bool | None = None):
@@ -18,10 +20,14 @@ def progress_bar(total: int, desc: str, unit: str = "task", disable: bool | None
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, disable=disable, dynamic_ncols=True)
 
 
-def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk") -> list:
+def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk", stop: Callable[[Any], bool] | None = None) -> list:
     """Wait for Dask ``futures`` with a progress bar; return their results in the given order.
 
-    The first failure is raised as soon as it arrives, with the other futures cancelled.
+    The first failure is raised as soon as it arrives, with the other futures cancelled and
+    once the tasks already running have ended (:func:`cancel_and_drain`): a task that writes
+    into a staging directory must not go on writing after the caller removed it. ``stop``: a
+    result for which the rest is not worth computing (a task reporting a full disk); the others
+    are then cancelled and drained the same way, and come back as None.
     """
     from distributed import as_completed  # here: ~0.4 s, and only Dask runs need it
 
@@ -31,11 +37,47 @@ def wait_with_progress(futures: Sequence, desc: str, unit: str = "chunk") -> lis
                 if future.status == "error":
                     future.result()  # raises the task's exception here, on the driver
                 bar.update(1)
+                if stop is not None and stop(future.result()):
+                    results = [f.result() if f.status == "finished" else None for f in futures]
+                    cancel_and_drain(futures)
+                    return results
         except BaseException:
-            for future in futures:
-                future.cancel()
+            cancel_and_drain(futures)
             raise
     return [future.result() for future in futures]
+
+
+_SETTLED_STATES = ("memory", "error", "released", "forgotten")
+
+
+def _running_keys(dask_worker) -> list:
+    """On a worker: the keys of the tasks that run there or may still start (cancelled ones too)."""
+    return [key for key, ts in dask_worker.state.tasks.items() if ts.state not in _SETTLED_STATES]
+
+
+def cancel_and_drain(futures: Sequence, timeout: float = 60.0) -> None:
+    """Cancel ``futures`` and wait (up to ``timeout`` s) until none of their tasks still runs.
+
+    Cancelling a future does not stop a task a worker is executing: it runs to its end, and
+    its writes land after the caller has moved on. Waiting for them lets the caller clean up
+    for good. Best effort: a worker that cannot be asked (lost) is not waited for.
+    """
+    futures = [f for f in futures if f is not None]
+    if not futures:
+        return
+    client = futures[0].client
+    keys = {f.key for f in futures}
+    for future in futures:
+        future.cancel()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            running = client.run(_running_keys, on_error="ignore")
+        except Exception:  # noqa: BLE001 - the cluster is gone: nothing runs there any more
+            return
+        if not any(key in keys for found in running.values() if isinstance(found, list) for key in found):
+            return
+        time.sleep(0.05)
 
 
 class EpochBar:

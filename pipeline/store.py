@@ -15,7 +15,7 @@ A *survey* is one georeferenced raster of one area on one date (:mod:`pipeline.i
 it from a GeoTIFF), the group ``surveys/<area>-<date>``::
 
     image        (band, y, x)  the pixels, source dtype, zstd, chunks (all bands, E, E)
-    valid        (y, x) bool   false where any band is nodata (or NaN)
+    valid        (y, x) bool   false where any band is nodata (or NaN, ±inf)
     y, x         (y,), (x,)    pixel-centre coordinates in the survey's CRS
     spatial_ref  ()            CF grid mapping: ``crs_wkt``, ``spatial_ref``, ``GeoTransform``
 
@@ -26,13 +26,19 @@ transform (DESIGN decision 3).
 
 Every group is written the same way (:meth:`Store.new_group`): into ``.staging``, with the
 attribute ``complete`` set last, then renamed into place. A reader opens only complete groups
-(:meth:`Store.open_complete`), so an interrupted write never looks like data.
+(:meth:`Store.open_complete`), so an interrupted write never looks like data. A staging
+directory's name records the process that owns it; :meth:`Store.sweep` (at the start of every
+flow run) removes those whose process is dead on this host, never by age.
+
+A store that cannot be written (a read-only mount, a directory of another user) is refused by
+:meth:`Store.check_writable` before any work, with one paragraph saying so.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import errno
 import json
 import math
 import os
@@ -49,13 +55,13 @@ from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 
 from pipeline.errors import InputError, StoreError
-from pipeline.files import staged_directory
+from pipeline.files import owned_name, staged_directory, sweep_owned
 
 if TYPE_CHECKING:  # pragma: no cover
     import dask.array
     import zarr
 
-__all__ = ["STORE_ENV", "Store", "Survey", "default_store_path"]
+__all__ = ["STORE_ENV", "Store", "Survey", "default_store_path", "settle_pending_writes"]
 
 STORE_ENV = "DAMWATCH_STORE"
 # zarr (~0.3 s) and dask.array (~0.9 s) are imported inside the methods that need them:
@@ -201,6 +207,31 @@ class Store:
         """Where stages write before renaming into place; same filesystem as the store."""
         return self.root / ".staging"
 
+    def check_writable(self) -> None:
+        """Raise :class:`StoreError` unless this process can create files in the store.
+
+        Creates the store directory if missing, then a probe file in it (removed at once).
+        """
+        probe = self.root / owned_name("write-probe", "probe")
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                raise
+            why = "it is on a read-only filesystem" if exc.errno == errno.EROFS else "permission denied"
+            raise StoreError(
+                f"store {self.root} cannot be written ({why}: {exc.filename or self.root}); every "
+                f"command writes a run record there, so give --store a directory you can write "
+                f"(or set DAMWATCH_STORE), or make this one writable (e.g. chmod u+w {self.root})"
+            ) from None
+
+    def sweep(self) -> list[Path]:
+        """Remove the staging left by processes that died on this host (see the module docstring)."""
+        return sweep_owned(self.staging_dir)
+
     def ensure(self) -> None:
         """Create the store's directories and root groups if missing."""
         import zarr
@@ -253,15 +284,25 @@ class Store:
         return self.open_group(path)
 
     @contextlib.contextmanager
-    def new_group(self, path: str, attributes: dict | None = None, consolidate: bool = False) -> Iterator["zarr.Group"]:
+    def new_group(
+        self,
+        path: str,
+        attributes: dict | None = None,
+        consolidate: bool = False,
+        replace: bool = True,
+        expected_bytes: int | None = None,
+    ) -> Iterator["zarr.Group"]:
         """Write a new group that appears at ``path`` only once the block succeeds.
 
         Yields an empty group in ``.staging``; create the arrays in it and fill them (Dask
         workers may write into them: it is a directory of the same filesystem). When the block
         returns, ``attributes`` are set with ``complete: True`` last, the metadata is
         consolidated if asked (one read opens the group), and the group is renamed over
-        whatever was at ``path``. When it raises, nothing at ``path`` changes and the staged
-        group is removed.
+        whatever was at ``path`` — or, with ``replace=False``, put there only if nothing is
+        (:class:`FileExistsError` otherwise, atomically: see
+        :func:`pipeline.files.move_into_place`). When it raises, nothing at ``path`` changes and
+        the staged group is removed; a full disk is :class:`pipeline.errors.DiskFull`
+        (``expected_bytes``: at most how much the group takes, for its message).
         """
         import zarr
 
@@ -270,7 +311,7 @@ class Store:
         parent = path.rsplit("/", 1)[0] if "/" in path else ""
         if parent:
             self.open_group(mode="a").require_group(parent)  # v3 needs every ancestor's zarr.json
-        with staged_directory(final, self.staging_dir) as tmp:
+        with staged_directory(final, self.staging_dir, replace=replace, expected_bytes=expected_bytes) as tmp:
             group = zarr.open_group(tmp, mode="w", zarr_format=3, attributes={"complete": False})
             yield group
             group.attrs.update({**(attributes or {}), "complete": True})  # completion last
@@ -344,3 +385,26 @@ def _survey_from_attrs(survey_id: str, attrs: dict, zarr_path: Path) -> Survey:
         ingested_at=attrs["ingested_at"],
         band_statistics=attrs.get("band_statistics"),
     )
+
+
+def settle_pending_writes(timeout: float = 10.0) -> None:
+    """Wait for the chunk writes zarr still has in flight in this process.
+
+    zarr writes a selection's chunks concurrently on its own event loop and raises at the first
+    failure, leaving the other writes running. After a full disk they would land in the staging
+    directory once the driver has removed it, recreating it as debris; so the task returns only
+    once they have ended (they fail fast on a full disk).
+    """
+    import asyncio
+
+    from zarr.core.sync import _get_loop  # zarr's I/O loop: no public way to wait for it
+
+    async def pending() -> None:
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    try:
+        asyncio.run_coroutine_threadsafe(pending(), _get_loop()).result(timeout + 1)
+    except Exception:  # noqa: BLE001 - best effort: the next run sweeps what is left
+        pass

@@ -1,6 +1,8 @@
 """Fixtures shared by the whole suite.
 
-- ``naip_dir``: the real NAIP surveys in ``../shared/data/naip`` (skips where absent).
+- ``naip_dir``: the real NAIP surveys in ``../shared/data/naip`` (skips where absent; in CI,
+  ``CI=true``, which always has them, their absence fails instead: a skip would hide it). Every
+  test that uses them carries the ``naip`` marker (checked: ``tests/test_markers.py``).
 - ``dask_client``: one real LocalCluster of two single-threaded process workers on 127.0.0.1,
   started once per test session (starting one costs a few seconds).
 - ``store``: an empty damwatch store in a temporary directory.
@@ -38,6 +40,8 @@ NAIP_DIR = Path(os.environ.get("DAMWATCH_SHARED_DATA", REPO.parent / "shared" / 
 @pytest.fixture(scope="session")
 def naip_dir() -> Path:
     if not NAIP_DIR.is_dir() or not any(NAIP_DIR.glob("*.tif")):
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail(f"real NAIP surveys not found at {NAIP_DIR}; CI always has them in ../shared/data/naip")
         pytest.skip(f"real NAIP surveys not found at {NAIP_DIR} (CI has them in ../shared/data/naip)")
     return NAIP_DIR
 

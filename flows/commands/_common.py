@@ -45,14 +45,18 @@ def prepare_flow_run() -> None:
     Without ``PREFECT_API_URL`` the flow runs on Prefect's temporary local server, which would
     otherwise log telemetry errors offline; and bad input (a DamwatchError) reaches the user as
     the CLI's one paragraph, not as a traceback in Prefect's log. Call it after importing the
-    flow (which configures Prefect's logging) and before calling it.
+    flow (which configures Prefect's logging) and before calling it. The temporary server is
+    started here, tied to this process, so that killing the command never leaves it running
+    (:mod:`flows.prefect_server`).
     """
     import os
 
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.failures import hide_user_error_tracebacks
+    from flows.prefect_server import tie_to_this_process
 
     hide_user_error_tracebacks()
+    tie_to_this_process()
 
 
 def stage_status(summary: dict, stage: str, subject_prefix: str) -> str:

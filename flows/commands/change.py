@@ -76,7 +76,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.change import ChangeThresholds, check_comparable
+    import sys
+
+    from pipeline.change import ChangeThresholds, check_comparable, date_order_note
     from pipeline.detect import check_model_input, resolve_model
     from pipeline.outputs import refuse_existing_results
     from pipeline.truth import read_truth
@@ -84,9 +86,9 @@ def run(args: argparse.Namespace) -> int:
     store = open_store(args)
     # Everything a user can get wrong is checked before Prefect, a cluster or any work starts.
     before, after = store.survey(args.before), store.survey(args.after)
-    warning = check_comparable(before, after, args.reproject)
-    if warning:
-        print(f"warning: {warning}")
+    check_comparable(before, after, args.reproject)
+    if note := date_order_note(before, after):
+        print(f"damwatch change: warning: {note}", file=sys.stderr)
     classifier = resolve_model(store, args.model)
     for survey in (before, after):
         check_model_input(classifier, survey)

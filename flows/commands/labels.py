@@ -95,10 +95,11 @@ def run(args: argparse.Namespace) -> int:
     # and expressions over bands the survey lacks (the labelling stage checks the rest).
     if args.path:
         from pipeline.geojson import read_features
+        from pipeline.labels import crs_hint
 
-        read_features(args.path, what="label file")
+        read_features(args.path, what="label file", crs=args.crs, fix_crs=crs_hint(survey))
         if args.region:
-            read_features(args.region, what="region file")
+            read_features(args.region, what="region file", crs=args.crs, fix_crs=crs_hint(survey))
     else:
         from pipeline.expressions import parse_expression
 

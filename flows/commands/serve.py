@@ -46,6 +46,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--settle", type=float, default=10.0, metavar="SECONDS",
         help="leave files modified less than SECONDS ago for the next run (default: 10)",
     )
+    parser.add_argument(
+        "--bands", metavar="NAMES", default=None,
+        help="band names in file order for inbox files whose sidecar JSON names none, e.g. red,green,blue,nir",
+    )
     parser.add_argument("--name", default=None, help="deployment name (default: scheduled-detection)")
     parser.add_argument("--limit", type=int, default=None, help="most runs executing at once (default: Prefect's, 5)")
     add_store_argument(parser)
@@ -73,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
             "settle_seconds": args.settle,
             "cluster": args.cluster,
             "workers": args.workers,
+            "bands": args.bands.split(",") if args.bands else None,
         },
         name=args.name or WATCH_DEPLOYMENT,
     )

@@ -88,6 +88,7 @@ def test_best_f1_threshold_equals_brute_force_over_every_threshold():
     assert choose_threshold(np.zeros(5), np.linspace(0, 1, 5)) == 0.5  # no positive: nothing to tune
 
 
+@pytest.mark.naip
 def test_shards_read_from_the_store_equal_the_features_array(naip_store):
     store, ids = naip_store
     holdout = HoldOut()
@@ -113,6 +114,7 @@ def test_shards_read_from_the_store_equal_the_features_array(naip_store):
     np.testing.assert_array_equal(w, np.where(train.label == 1, 4.0, 1.0))
 
 
+@pytest.mark.naip
 def test_symmetry_shards_are_the_training_features_permuted_by_each_tile_symmetry(naip_store):
     store, ids = naip_store
     spec = get_spec("rgbn")
@@ -153,6 +155,7 @@ def _held_out_reference(store, ids, clf, region):
     return np.concatenate(ys), np.concatenate(ps)
 
 
+@pytest.mark.naip
 def test_train_model_in_process_and_on_dask_agree_and_report_held_out_metrics(naip_store, dask_client):
     store, ids = naip_store
     settings = TrainingSettings(model_type="classic", spec="rgbn", labels=LABELS, size=SIZE, stride=SIZE, hidden=(16,),
@@ -178,6 +181,7 @@ def test_train_model_in_process_and_on_dask_agree_and_report_held_out_metrics(na
     assert len(report1.history["epochs"]) == 8 and report1.history["stop_reason"] == "max_epochs"
 
 
+@pytest.mark.naip
 def test_train_command(naip_store, tmp_path, prefect, capsys):
     store, ids = naip_store
     report_path = tmp_path / "report.json"
