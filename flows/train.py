@@ -20,7 +20,7 @@ from prefect import flow
 
 from flows.headlines import train_headline, train_summary
 from flows.runs import RunRecord
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import features_task, labels_task, train_task
 from pipeline.files import write_json
 from pipeline.store import Store
@@ -55,7 +55,7 @@ def train_flow(
     st = Store(store)
     run = RunRecord(st, "train", params)
     root = str(st.root)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, surveys)):
         for sid in surveys:
             if make_features:
                 run.add(features_task(root, sid, spec=chosen.spec, stride=chosen.stride, size=chosen.size,

@@ -42,13 +42,18 @@ def open_store(args: argparse.Namespace):
 def prepare_flow_run() -> None:
     """Set up this process to run a Prefect flow from the command line.
 
-    Without ``PREFECT_API_URL`` the flow runs on Prefect's temporary local server, which would
-    otherwise log telemetry errors offline; and bad input (a DamwatchError) reaches the user as
-    the CLI's one paragraph, not as a traceback in Prefect's log. Call it after importing the
-    flow (which configures Prefect's logging) and before calling it.
+    Call it once every input check has passed, before importing the flow: Prefect reads its
+    settings when first imported. Without ``PREFECT_API_URL`` in the environment the flow runs
+    on the damwatch server when one answers (:mod:`flows.server`), else on Prefect's temporary
+    local server, which would otherwise log telemetry errors offline. Bad input found inside
+    the flow (a DamwatchError) reaches the user as the CLI's one paragraph, not as Prefect's
+    ERROR lines and traceback.
     """
     import os
 
+    from flows.server import use_running_server
+
+    use_running_server()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.failures import hide_user_error_tracebacks
 

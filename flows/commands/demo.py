@@ -41,12 +41,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flows.commands._common import prepare_flow_run
-    from flows.demo import DEFAULT_SIZE, demo_flow
     from pipeline.errors import InputError
 
-    size = args.size or DEFAULT_SIZE
-    if size < 1024:
-        raise InputError(f"--size {size} is too small for a scene with streams and dams; give at least 1024 px")
+    if args.size is not None and args.size < 1024:
+        raise InputError(f"--size {args.size} is too small for a scene with streams and dams; give at least 1024 px")
     prepare_flow_run()
-    demo_flow(out=args.out, size=size, seed=args.seed, workers=args.workers, cluster=args.cluster)
+    from flows.demo import DEFAULT_SIZE, demo_flow
+
+    demo_flow(out=args.out, size=args.size or DEFAULT_SIZE, seed=args.seed, workers=args.workers, cluster=args.cluster)
     return 0

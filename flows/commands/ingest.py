@@ -46,19 +46,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flows.ingest import ingest_flow
-    from pipeline.files import survey_id_for
-    from pipeline.ingest import check_input
+    from pipeline.files import file_sha256, survey_id_for
+    from pipeline.ingest import check_input, check_replacing
 
-    # Everything a user can get wrong in the arguments is checked before Prefect starts.
+    # Everything a user can get wrong is checked before Prefect or a cluster starts, including
+    # a different file under an existing survey id (one hash of the file, passed on).
     store = open_store(args)
     survey_id = survey_id_for(args.area, args.date)
     bands = args.bands.split(",") if args.bands else None
     check_input(Path(args.path), bands)
+    sha256 = file_sha256(args.path)
+    check_replacing(store, survey_id, args.path, sha256, bands, args.overwrite)
     prepare_flow_run()
+    from flows.ingest import ingest_flow
+
     summary = ingest_flow(
         path=args.path, area=args.area, date=args.date, store=args.store, bands=bands,
-        overwrite=args.overwrite, cluster=args.cluster, workers=args.workers,
+        overwrite=args.overwrite, cluster=args.cluster, workers=args.workers, sha256=sha256,
     )
     skipped = all(stage["status"] == "skipped" for stage in summary["stages"])
     status = "unchanged" if skipped else summary["ingest"]["status"]
