@@ -10,7 +10,8 @@ Surveys and files
   ``ingest``       a GeoTIFF becomes a survey in the store
   ``synthetic``    synthetic surveys with known ground truth (a package)
   ``cluster``      the connection to a Dask cluster (local by default)
-  ``progress``     progress bars on long work
+  ``progress``     progress bars on long work (on a terminal only)
+  ``gdal_messages`` GDAL's warnings about a file, each said once
 
 Tiles and what is computed from them
   ``tiling``       tile grids over a survey's pixel grid (all tile constants live here)
@@ -46,3 +47,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = ["__version__"]
+
+from pipeline.gdal_messages import say_gdal_warnings_once  # noqa: E402 - a logging filter, no heavy import
+
+say_gdal_warnings_once()

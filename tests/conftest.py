@@ -30,6 +30,10 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 _PREFECT_HOME = tempfile.mkdtemp(prefix="damwatch-test-prefect-")
 atexit.register(functools.partial(shutil.rmtree, _PREFECT_HOME, ignore_errors=True))
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+# A damwatch server the user started (flows/server.py) must never receive the tests' runs.
+_DAMWATCH_HOME = tempfile.mkdtemp(prefix="damwatch-test-home-")
+atexit.register(functools.partial(shutil.rmtree, _DAMWATCH_HOME, ignore_errors=True))
+os.environ["DAMWATCH_HOME"] = _DAMWATCH_HOME
 
 REPO = Path(__file__).resolve().parents[1]
 NAIP_DIR = Path(os.environ.get("DAMWATCH_SHARED_DATA", REPO.parent / "shared" / "data")) / "naip"

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_store_argument", "add_cluster_arguments", "open_store", "prepare_flow_run", "stage_status"]
+__all__ = [
+    "add_store_argument", "add_cluster_arguments", "open_store", "prepare_flow_run", "run_flow", "stage_status",
+]
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +60,19 @@ def prepare_flow_run() -> None:
     from flows.failures import hide_user_error_tracebacks
 
     hide_user_error_tracebacks()
+
+
+def run_flow(flow, **parameters):
+    """Call a Prefect ``flow`` from the command line; its return value.
+
+    Without flow-run heartbeats: the command's process is in the foreground, so a crash is seen
+    and reported by the command itself, and the heartbeat thread's shutdown would add up to a
+    second to every command (measured in benchmarks/overhead.py).
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return flow(**parameters)
 
 
 def stage_status(summary: dict, stage: str, subject_prefix: str) -> str:

@@ -43,6 +43,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -91,7 +92,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.change import change_flow
 
-    summary = change_flow(
+    summary = run_flow(
+        change_flow,
         before=before.id, after=after.id, model=str(args.model), store=str(store.root), stride=args.stride,
         truth=args.truth, thresholds=thresholds.to_dict(), cluster=args.cluster, workers=args.workers,
         reproject=args.reproject, out=args.out, overwrite=args.overwrite,

@@ -40,7 +40,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.commands._common import prepare_flow_run
+    from flows.commands._common import prepare_flow_run, run_flow
     from pipeline.errors import InputError
 
     if args.size is not None and args.size < 1024:
@@ -48,5 +48,5 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.demo import DEFAULT_SIZE, demo_flow
 
-    demo_flow(out=args.out, size=args.size or DEFAULT_SIZE, seed=args.seed, workers=args.workers, cluster=args.cluster)
+    run_flow(demo_flow, out=args.out, size=args.size or DEFAULT_SIZE, seed=args.seed, workers=args.workers, cluster=args.cluster)
     return 0

@@ -39,6 +39,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -82,7 +83,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.detect import detect_flow
 
-    summary = detect_flow(
+    summary = run_flow(
+        detect_flow,
         surveys=[survey.id], model=str(args.model), store=str(store.root), stride=args.stride,
         threshold=args.threshold, truth=args.truth, cluster=args.cluster, workers=args.workers,
         out=args.out, overwrite=args.overwrite,

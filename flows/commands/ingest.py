@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store, prepare_flow_run
+from flows.commands._common import add_cluster_arguments, add_store_argument, open_store, prepare_flow_run, run_flow
 
 NAME = "ingest"
 HELP = "ingest a GeoTIFF into the store as a georeferenced Zarr survey"
@@ -60,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.ingest import ingest_flow
 
-    summary = ingest_flow(
+    summary = run_flow(
+        ingest_flow,
         path=args.path, area=args.area, date=args.date, store=args.store, bands=bands,
         overwrite=args.overwrite, cluster=args.cluster, workers=args.workers, sha256=sha256,
     )

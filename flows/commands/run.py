@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, prepare_flow_run
+from flows.commands._common import add_cluster_arguments, add_store_argument, prepare_flow_run, run_flow
 
 NAME = "run"
 HELP = "run the pipeline on a new survey: ingest, features, detect, change (a Prefect flow)"
@@ -72,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.survey_pipeline import survey_pipeline
 
-    summary = survey_pipeline(
+    summary = run_flow(
+        survey_pipeline,
         path=args.path,
         area=args.area,
         date=args.date,

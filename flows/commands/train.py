@@ -38,6 +38,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -151,7 +152,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.train import train_flow
 
-    summary = train_flow(
+    summary = run_flow(
+        train_flow,
         surveys=list(args.surveys), store=str(store.root), settings=settings.to_dict(),
         cluster=args.cluster, workers=args.workers,
         make_features=False,  # features come from `damwatch features`, checked above
