@@ -40,7 +40,7 @@ from rasterio.warp import transform as warp_transform
 from rasterio.warp import transform_bounds
 
 from pipeline.detect import DETECTION_STRIDE, Predictions, check_model_bands, detect_survey, resolve_model
-from pipeline.errors import InputError
+from pipeline.errors import InputError, command
 from pipeline.maps import TileEdges, sample_tiles, tile_edges
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -300,7 +300,7 @@ def check_comparable(before: "Survey", after: "Survey", reproject: bool = False)
         raise InputError(
             f"surveys {before.id} and {after.id} are of different areas ({before.area!r} and {after.area!r}); "
             f"change compares two dates of one area: pick two surveys of the same area "
-            f"(`damwatch surveys` lists them)"
+            f"({command('surveys', '--area', before.area, store=before.zarr_path.parent)} lists them)"
         )
     _refuse_other_crs(before.id, before.crs, after.id, after.crs, reproject)
     b = before.bounds

@@ -30,7 +30,7 @@ import numpy as np
 
 from ann.io import Classifier, load_model
 from pipeline.blocks import compute_tasks
-from pipeline.errors import InputError, StoreError
+from pipeline.errors import InputError, StoreError, command
 from pipeline.features import FeatureSpec, compute_features
 from pipeline.tiling import DEFAULT_TILE_SIZE, DETECTION_STRIDE, TileGrid
 
@@ -101,7 +101,7 @@ def resolve_model(store: "Store", model: Any) -> Classifier:
         if not saved:
             raise InputError(
                 f"model 'latest' asked for, but the store at {store.root} holds no model yet; train "
-                f"one with `damwatch train` or give --model ID"
+                f"one first ({command('train', '--help')} shows how) or give --model ID"
             )
         text = saved[-1].stem
     path = Path(text) if text.endswith((".json", ".npz")) else Path(store.models_dir) / f"{text}.json"
@@ -111,7 +111,7 @@ def resolve_model(store: "Store", model: Any) -> Classifier:
     known = sorted(p.stem for p in models_dir.glob("*.json")) if models_dir.is_dir() else []
     raise InputError(
         f"model {text!r} is neither a model id in {models_dir} nor a model file (.json/.npz); "
-        f"known model ids: {', '.join(known) or 'none'} (train one with `damwatch train`)"
+        f"known model ids: {', '.join(known) or 'none'} (to train one: {command('train', '--help')})"
     )
 
 
@@ -277,7 +277,7 @@ def _open(store: "Store", model_id: str, survey_id: str) -> tuple[Predictions, d
     group = store.open_complete(
         predictions_path(model_id, survey_id),
         f"no predictions of model {model_id} for survey {survey_id} in the store at {store.root}; "
-        f"make them with `damwatch detect {survey_id} --model {model_id}`",
+        f"make them with {command('detect', survey_id, '--model', model_id, store=store)}",
     )
     attrs = dict(group.attrs)
     return Predictions(

@@ -6,7 +6,7 @@ wrong with it and what to do. The command line prints it without a traceback and
 status 2. Anything else that escapes is a bug and keeps its traceback.
 """
 
-__all__ = ["DamwatchError", "InputError", "StoreError"]
+__all__ = ["DamwatchError", "InputError", "StoreError", "command"]
 
 
 class DamwatchError(Exception):
@@ -19,3 +19,25 @@ class InputError(DamwatchError):
 
 class StoreError(DamwatchError):
     """The store is missing something, or an operation on it was refused."""
+
+
+def command(*words: object, store: object = None) -> str:
+    """A damwatch command a user can paste, in backticks: ``command("features", sid, "--size", 32)``.
+
+    Words are shell-quoted (an expression such as ``ndwi > 0`` stays one argument), and
+    ``--store DIR`` is added when ``store`` (a :class:`pipeline.store.Store` or a path) is not
+    the default store, so the command acts on the store the error came from. An error that
+    suggests a command must suggest one that works as printed (tests/flows/test_suggestions.py
+    runs them).
+    """
+    import shlex
+    from pathlib import Path
+
+    parts = ["damwatch", *(str(w) for w in words)]
+    if store is not None:
+        from pipeline.store import default_store_path
+
+        root = Path(getattr(store, "root", store))
+        if root.resolve() != default_store_path().resolve():
+            parts += ["--store", str(root)]
+    return "`" + " ".join(shlex.quote(p) for p in parts) + "`"

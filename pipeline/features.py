@@ -61,7 +61,7 @@ import numpy as np
 
 from pipeline.bands import LUMA, band_positions, normalized_difference, pixel_scale
 from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
-from pipeline.errors import InputError
+from pipeline.errors import InputError, command
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -587,8 +587,8 @@ def open_features(
         path,
         f"no complete features for survey {survey_id} with spec {spec.id}, tile size {size} and "
         f"stride {stride} in the store at {store.root} (available for this survey: "
-        f"{', '.join(available) or 'none'}); compute them with `damwatch features {survey_id} "
-        f"--spec {spec.name} --size {size} --stride {stride}`",
+        f"{', '.join(available) or 'none'}); compute them with "
+        f"{command('features', survey_id, '--spec', spec.name, '--size', size, '--stride', stride, store=store)}",
     )
     stored_spec = FeatureSpec.from_dict(dict(group.attrs["feature_spec"]))
     grid = TileGrid.from_dict(dict(group.attrs["grid"]))

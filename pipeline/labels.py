@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -56,7 +57,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
-from pipeline.errors import InputError
+from pipeline.errors import InputError, command
 from pipeline.expressions import evaluate_expression, parse_expression
 from pipeline.files import jsonable, parse_date
 from pipeline.geojson import parse_crs, read_features, select_features, single_parts
@@ -433,6 +434,27 @@ def save_labels(store: "Store", labels: TileLabels, source_sha256: str | None = 
     return labels
 
 
+def _remake_hint(store: "Store", survey_id: str, name: str, stride: int, size: int, available: list[str]) -> str:
+    """How to make the missing labels: the same band expression on the asked grid when labels of
+    this name were made from one on another grid, else where to read how."""
+    for found in available:
+        if found.split("/")[0] != name:
+            continue
+        report = dict(store.open_group(f"labels/{survey_id}/{found}").attrs.get("report") or {})
+        if report.get("expression"):
+            words = ["labels", survey_id, "--expr", report["expression"], "--min-fraction",
+                     f"{float(report.get('min_fraction', 0.2)):g}", "--name", name, "--size", size, "--stride", stride]
+            valid = re.search(r"valid fraction < ([0-9.eE+-]+)", str(report.get("rule", "")))
+            if valid:
+                words[6:6] = ["--min-valid", valid.group(1)]
+            return f"make them with {command(*words, store=store)}"
+    return (
+        f"make them with damwatch labels from a GeoJSON file (--from FILE) or a band expression "
+        f"(--expr EXPR) with --name {name} --size {size} --stride {stride} "
+        f"({command('labels', '--help')} shows both)"
+    )
+
+
 def open_labels(
     store: "Store",
     survey_id: str,
@@ -447,8 +469,7 @@ def open_labels(
         path,
         f"no labels {name!r} for survey {survey_id} with tile size {size} and stride {stride} in "
         f"the store at {store.root} (available for this survey: {', '.join(available) or 'none'}); "
-        f"make them with `damwatch labels {survey_id} --from FILE --size {size} --stride {stride}` "
-        f"or `--expr EXPR`",
+        + _remake_hint(store, survey_id, name, stride, size, available),
     )
     attrs = dict(group.attrs)
     return TileLabels(

@@ -48,7 +48,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 
-from pipeline.errors import InputError, StoreError
+from pipeline.errors import InputError, StoreError, command
 from pipeline.files import staged_directory
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -223,8 +223,9 @@ class Store:
             self.ensure()
         elif not self.zarr_path.exists():
             raise StoreError(
-                f"store {self.root} holds no data yet; ingest a survey first with "
-                f"`damwatch ingest FILE --area AREA --date YYYY-MM-DD --store {self.root}`"
+                f"store {self.root} holds no data yet; ingest a survey into it first "
+                f"({command('ingest', '--help')} shows how), or pass --store to point at the "
+                f"right store"
             )
         return zarr.open_group(self.zarr_path, path=path, mode=mode, zarr_format=3)
 
@@ -297,9 +298,9 @@ class Store:
             known = self.survey_ids()
             hint = f"known surveys: {', '.join(known)}" if known else "the store holds no surveys yet"
             raise StoreError(
-                f"survey {survey_id!r} is not in store {self.root} ({hint}); ingest it with "
-                f"`damwatch ingest FILE --area AREA --date YYYY-MM-DD`, or pass --store to "
-                f"point at the right store"
+                f"survey {survey_id!r} is not in store {self.root} ({hint}); ingest it first "
+                f"({command('ingest', '--help')} shows how), or pass --store to point at the "
+                f"right store"
             )
         return _survey_from_attrs(survey_id, _attributes(path), self.zarr_path)
 

@@ -29,6 +29,7 @@ results is refused unless --overwrite. Written into --out (default: the run's
   provenance.json   input hashes, model id, thresholds, grids, damwatch version
   metrics.json      with --truth: precision, recall, f1 and iou for each change class
 
+  damwatch change creek-2023-06-01 creek-2024-06-01 --model latest
   damwatch change creek-2023-06-01 creek-2024-06-01 --model 3f9a2c1d
   damwatch change creek-2023-06-01 creek-2024-06-01 --model 3f9a2c1d --truth synth/creek-truth.geojson
 """
@@ -55,7 +56,8 @@ ORDER = 41
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("before", metavar="BEFORE", help="survey id of the earlier date")
     parser.add_argument("after", metavar="AFTER", help="survey id of the later date")
-    parser.add_argument("--model", required=True, help="model id in the store (or a model .json/.npz path)")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="model id in the store, 'latest' (the model saved last), or a model .json/.npz path")
     parser.add_argument("--stride", type=int, default=64, metavar="N", help="tile stride in pixels (default: 64)")
     parser.add_argument("--high", type=float, default=0.7, help="probability asserting a detection (default: 0.7)")
     parser.add_argument("--low", type=float, default=0.3, help="probability asserting absence (default: 0.3)")

@@ -25,6 +25,7 @@ stages, provenance) goes to <store>/runs/<run_id>/. Written into --out (default:
 refused unless --overwrite. Without --out, a run whose survey, model and settings are unchanged
 since an earlier run is skipped and points to that run's maps.
 
+  damwatch detect creek-2024-06-01 --model latest
   damwatch detect creek-2024-06-01 --model 3f9a2c1d
   damwatch detect creek-2024-06-01 --model 3f9a2c1d --truth synth/creek-truth.geojson --out maps/
 """
@@ -50,7 +51,8 @@ ORDER = 40
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("survey", metavar="SURVEY", help="survey id in the store, e.g. creek-2024-06-01")
-    parser.add_argument("--model", required=True, help="model id in the store (or a model .json/.npz path)")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="model id in the store, 'latest' (the model saved last), or a model .json/.npz path")
     parser.add_argument("--stride", type=int, default=64, metavar="N", help="tile stride in pixels (default: 64)")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
                         help="probability at which a tile is flagged (default: the model's threshold)")

@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(s.summary()))
         return 0
     if not surveys:
-        print(f"no surveys in {store.root}; add one with `damwatch ingest FILE --area AREA --date YYYY-MM-DD`")
+        from pipeline.errors import command
+
+        print(f"no surveys in {store.root}; ingest one ({command('ingest', '--help')} shows how)")
         return 0
     rows = [("id", "area", "date", "size (px)", "bands", "crs", "pixel size")]
     for s in surveys:

@@ -2,7 +2,8 @@
 held-out region, and save it in the store.
 
 Needs the surveys' features (`damwatch features`) and labels (`damwatch labels`, stored under
---labels NAME, default "default"). Each survey is cut into bands of tile columns, west to east:
+--labels NAME, default "default"), on the same tile grid: --size and --stride mean what they mean
+for those commands (default 128 and 128 pixels). Each survey is cut into bands of tile columns, west to east:
 training | validation | test. The test band (the eastmost --holdout-test of the columns,
 default 0.2) is never trained on and gives the reported held-out metrics; the validation band
 (--holdout-val, default 0.2) drives early stopping and the decision threshold (best F1 there,
@@ -63,9 +64,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--labels", default="default", metavar="NAME",
                         help="name of the stored labels to train on (default: default)")
     parser.add_argument("--spec", default="default", metavar="NAME", help="feature spec (default: default)")
-    parser.add_argument("--tile-size", type=int, default=128, metavar="PX", help="tile edge in pixels (default: 128)")
-    parser.add_argument("--stride", type=int, default=128, metavar="PX",
-                        help="tile stride of the stored features, pixels (default: 128)")
+    parser.add_argument("--size", type=int, default=128, metavar="N",
+                        help="tile edge of the stored features and labels, pixels (default: 128)")
+    # The name train used before every command said --size; kept so old scripts still run.
+    parser.add_argument("--tile-size", type=int, dest="size", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    parser.add_argument("--stride", type=int, default=128, metavar="N",
+                        help="tile stride of the stored features and labels, pixels (default: 128)")
     parser.add_argument("--epochs", type=int, default=200, metavar="N", help="most epochs (default: 200)")
     parser.add_argument("--target-accuracy", type=float, default=None, metavar="A",
                         help="stop once the validation accuracy reaches A (a fraction, e.g. 0.95)")
@@ -106,7 +110,7 @@ def settings_from(args: argparse.Namespace):
     return TrainingSettings.from_dict({
         "spec": args.spec,
         "labels": args.labels,
-        "size": args.tile_size,
+        "size": args.size,
         "stride": args.stride,
         "hidden": list(args.hidden),
         "holdout": {"test_fraction": args.holdout_test, "val_fraction": args.holdout_val},
