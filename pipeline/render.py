@@ -31,7 +31,7 @@ from pipeline.geojson import from_wgs84, polygons
 
 matplotlib.use("Agg")  # files only: never a window, whatever the user's backend setting
 
-__all__ = ["cog_overview_count", "write_cog", "survey_thumbnail", "render_quicklook", "outline_rings"]
+__all__ = ["cog_overview_count", "write_cog", "category_pam_xml", "survey_thumbnail", "render_quicklook", "outline_rings"]
 
 
 def cog_overview_count(height: int, width: int, smallest: int = 64) -> int:
@@ -52,12 +52,24 @@ def write_cog(
     colormap: Mapping[int, tuple[int, ...]] | None = None,
     resampling: str = "average",
     tags: Mapping[str, str] | None = None,
+    *,
+    band_description: str | None = None,
+    units: str | None = None,
+    categories: Mapping[int, str] | None = None,
+    band_tags: Mapping[str, str] | None = None,
 ) -> Path:
     """Write one band as a Cloud-Optimized GeoTIFF: 512 internal tiles, overviews, deflate.
 
     GDAL's COG driver only copies from an existing dataset, so a tiled GeoTIFF is written
     beside the target first and removed after. ``resampling`` builds the overviews
     (``average`` for probabilities, ``nearest`` for class codes).
+
+    What QGIS and ``gdalinfo`` show of the band: ``band_description`` (e.g. ``"probability"``)
+    and ``units`` (e.g. ``"0-1"``) are stored in the file itself; ``band_tags`` are band
+    metadata items; ``categories`` (class code -> name) makes a thematic raster: its category
+    names and a raster attribute table (value, class name, pixel count and, with a
+    ``colormap``, the class colour) go to ``<path>.aux.xml``, GDAL's own sidecar for them (a
+    GeoTIFF has no tag for either; GDAL writes them there too, and QGIS reads both).
     """
     path = Path(path)
     array = np.asarray(array)
@@ -77,6 +89,12 @@ def write_cog(
                 dst.write_colormap(1, dict(colormap))
             if tags:
                 dst.update_tags(**tags)
+            if band_description:
+                dst.set_band_description(1, band_description)
+            if units:
+                dst.set_band_unit(1, units)
+            if band_tags:
+                dst.update_tags(1, **band_tags)
         predictor = "YES" if array.dtype.kind == "f" else "NO"
         rasterio.shutil.copy(
             scratch, path, driver="COG", BLOCKSIZE=512, COMPRESS="DEFLATE", PREDICTOR=predictor,
@@ -84,7 +102,52 @@ def write_cog(
         )
     finally:
         scratch.unlink(missing_ok=True)
+        Path(f"{scratch}.aux.xml").unlink(missing_ok=True)
+    aux = Path(f"{path}.aux.xml")
+    if categories:
+        aux.write_text(category_pam_xml(array, categories, colormap))
+    else:
+        aux.unlink(missing_ok=True)  # a stale sidecar would relabel the new band
     return path
+
+
+def category_pam_xml(
+    array: np.ndarray, categories: Mapping[int, str], colormap: Mapping[int, tuple[int, ...]] | None = None
+) -> str:
+    """GDAL's PAM sidecar (``.aux.xml``) giving band 1 category names and a thematic attribute table.
+
+    Category names are a list indexed by pixel value (GDAL's ``GetCategoryNames``); the table
+    has one row per class: ``Value`` (min-max usage), ``Class`` (name usage), ``Count`` (pixel
+    count) and, with a colour map, ``Red``/``Green``/``Blue``/``Alpha`` (0-255).
+    """
+    from xml.sax.saxutils import escape
+
+    codes = sorted(int(c) for c in categories)
+    if codes and codes[0] < 0:
+        raise ValueError(f"category codes must be non-negative pixel values, got {codes[0]}")
+    counts = np.bincount(np.asarray(array).ravel().astype(np.int64), minlength=max(codes, default=0) + 1) \
+        if np.issubdtype(np.asarray(array).dtype, np.integer) and np.asarray(array).size else None
+    # GDALRATFieldType: 0 integer, 2 string; GDALRATFieldUsage: 1 pixel count, 2 name, 5 min-max, 6-9 RGBA
+    fields = [("Value", 0, 5), ("Class", 2, 2), ("Count", 0, 1)]
+    if colormap is not None:
+        fields += [("Red", 0, 6), ("Green", 0, 7), ("Blue", 0, 8), ("Alpha", 0, 9)]
+    lines = ["<PAMDataset>", '  <PAMRasterBand band="1">', "    <CategoryNames>"]
+    names = {int(c): str(n) for c, n in categories.items()}
+    lines += [f"      <Category>{escape(names.get(v, ''))}</Category>" for v in range(max(codes, default=-1) + 1)]
+    lines += ["    </CategoryNames>", '    <GDALRasterAttributeTable tableType="thematic">']
+    lines += [
+        f'      <FieldDefn index="{i}"><Name>{n}</Name><Type>{t}</Type><Usage>{u}</Usage></FieldDefn>'
+        for i, (n, t, u) in enumerate(fields)
+    ]
+    for row, code in enumerate(codes):
+        count = int(counts[code]) if counts is not None and code < len(counts) else 0
+        cells = [str(code), escape(names[code]), str(count)]
+        if colormap is not None:
+            rgba = tuple(colormap.get(code, (0, 0, 0, 0))) + (255,)
+            cells += [str(int(v)) for v in rgba[:4]]
+        lines.append(f'      <Row index="{row}">' + "".join(f"<F>{c}</F>" for c in cells) + "</Row>")
+    lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
+    return "\n".join(lines)
 
 
 def survey_thumbnail(survey: Any, max_side: int = 1200, client: Any = None) -> tuple[np.ndarray, Affine]:

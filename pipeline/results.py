@@ -11,7 +11,8 @@ at all, ``provenance.json`` last) holding, for a **detection** (:func:`write_det
 and for a **change** between two dates (:func:`write_change_maps`):
 
   ``change.tif``          class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata) with
-                          a colour table
+                          a colour table; ``change.tif.aux.xml`` names the classes (category
+                          names and a raster attribute table, for QGIS's legend)
   ``change.geojson``      one feature per new/gone/persisting cell, with both probabilities
   ``change.png``          before, after and change side by side
   ``metrics.json``        with a ground truth
@@ -32,7 +33,7 @@ from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson, footprint
 from pipeline.errors import InputError
 from pipeline.evaluate import change_metrics, detection_metrics, read_truth
 from pipeline.files import file_sha256
-from pipeline.maps import PROBABILITY_NODATA, probability_map
+from pipeline.maps import PROBABILITY_NODATA, cells_beyond, probability_map
 from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
 from pipeline.render import outline_rings, render_quicklook, survey_thumbnail, write_cog
@@ -51,9 +52,17 @@ DETECTION_FILES = {
     "metrics": "metrics.json",
 }
 
+#: How a probability COG's band reads in QGIS and gdalinfo (render.write_cog's keywords).
+PROBABILITY_BAND = {
+    "band_description": "probability",
+    "units": "0-1",
+    "band_tags": {"long_name": "probability that the target is present", "valid_min": "0", "valid_max": "1"},
+}
+
 #: File names inside a change output folder.
 CHANGE_FILES = {
     "change": "change.tif",
+    "categories": "change.tif.aux.xml",
     "geojson": "change.geojson",
     "quicklook": "change.png",
     "metrics": "metrics.json",
@@ -112,9 +121,11 @@ def write_detection_maps(
     metrics = None
     with output_folder(out_dir, DETECTION_FILES, provenance, overwrite) as folder:
         values, map_transform = probability_map(predictions.probabilities, grid, cell)
+        values[cells_beyond(map_transform, values.shape, survey.bounds)] = PROBABILITY_NODATA
         write_cog(
             folder.path("probability"), values, map_transform, grid.crs, PROBABILITY_NODATA,
             tags={"survey_id": survey.id, "model_id": predictions.model_id, "rule": "mean of scored tiles containing the cell centre"},
+            **PROBABILITY_BAND,
         )
         detections = detections_geojson(
             predictions.probabilities, grid, threshold, {"survey_id": survey.id, "model_id": predictions.model_id}
@@ -196,6 +207,7 @@ def write_change_maps(
             colormap=CLASS_COLOURS, resampling="nearest",
             tags={"classes": "0 none, 1 new, 2 gone, 3 persisting, 255 nodata",
                   "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
+            band_description="change class", categories=CLASS_NAMES,
         )
         select, props = _cell_properties(result)
         folder.write_json("geojson", footprints_geojson(select, grid.edges(), grid.transform, grid.crs, props))
