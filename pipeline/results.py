@@ -13,7 +13,9 @@ and for a **change** between two dates (:func:`write_change_maps`):
   ``change.tif``          class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata) with
                           a colour table; ``change.tif.aux.xml`` names the classes (category
                           names and a raster attribute table, for QGIS's legend)
-  ``change.geojson``      one feature per new/gone/persisting cell, with both probabilities
+  ``change.geojson``      one polygon per patch of edge-adjacent new/gone/persisting cells
+                          (:mod:`pipeline.shapes`), with its cell count, area and the mean and
+                          maximum of both probabilities
   ``change.png``          before, after and change side by side
   ``metrics.json``        with a ground truth
 
@@ -29,7 +31,7 @@ import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 
 from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, ChangeResult
-from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson, footprints_geojson
+from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson
 from pipeline.errors import InputError
 from pipeline.evaluate import change_metrics, detection_metrics, read_truth
 from pipeline.files import file_sha256
@@ -37,6 +39,7 @@ from pipeline.maps import PROBABILITY_NODATA, cells_beyond, probability_map
 from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
 from pipeline.render import outline_rings, render_quicklook, survey_thumbnail, write_cog
+from pipeline.shapes import dissolve_classes
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.detect import Predictions
@@ -51,6 +54,9 @@ DETECTION_FILES = {
     "quicklook": "quicklook.png",
     "metrics": "metrics.json",
 }
+
+#: The change classes drawn as shapes in change.geojson ("none" is the background).
+CHANGE_SHAPE_CLASSES = {NEW: CLASS_NAMES[NEW], GONE: CLASS_NAMES[GONE], PERSISTING: CLASS_NAMES[PERSISTING]}
 
 #: How a probability COG's band reads in QGIS and gdalinfo (render.write_cog's keywords).
 PROBABILITY_BAND = {
@@ -150,23 +156,6 @@ def write_detection_maps(
     return _result_files(folder.written(), {"n_detections": len(detections["features"]), "metrics": metrics})
 
 
-def _cell_properties(result: ChangeResult) -> tuple[np.ndarray, list[dict]]:
-    select = np.isin(result.classes, (NEW, GONE, PERSISTING))
-    props = []
-    for r, c in zip(*np.nonzero(select)):
-        props.append({
-            "class": CLASS_NAMES[int(result.classes[r, c])],
-            "p_before": round(float(result.p_before[r, c]), 6),
-            "p_after": round(float(result.p_after[r, c]), 6),
-            "before": result.before.survey_id,
-            "after": result.after.survey_id,
-            "model_id": result.before.model_id,
-            "cell_row": int(r),
-            "cell_col": int(c),
-        })
-    return select, props
-
-
 def write_change_maps(
     store: "Store",
     result: ChangeResult,
@@ -209,8 +198,11 @@ def write_change_maps(
                   "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
             band_description="change class", categories=CLASS_NAMES,
         )
-        select, props = _cell_properties(result)
-        folder.write_json("geojson", footprints_geojson(select, grid.edges(), grid.transform, grid.crs, props))
+        folder.write_json("geojson", dissolve_classes(
+            result.classes, grid.transform, grid.crs, CHANGE_SHAPE_CLASSES,
+            values={"p_before": result.p_before, "p_after": result.p_after},
+            properties={"before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
+        ))
         _render_change(folder.path("quicklook"), result, before_s, after_s, client)
         if truth_data is not None:
             tile_map = result.before.grid.size * max(abs(result.before.grid.transform.a), abs(result.after.grid.transform.a))

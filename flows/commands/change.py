@@ -23,8 +23,9 @@ results is refused unless --overwrite. Written into --out (default: the run's
 <store>/runs/<run_id>/change/<BEFORE>..<AFTER>), all or nothing:
 
   change.tif        COG of class codes (0 none, 1 new, 2 gone, 3 persisting, 255 nodata)
-                    with a colour table
-  change.geojson    RFC 7946: one polygon per new/gone/persisting cell with both probabilities
+                    with a colour table; change.tif.aux.xml names the classes for QGIS/GDAL
+  change.geojson    RFC 7946: one polygon per patch of adjacent new/gone/persisting cells,
+                    with its cells, area and mean/max probability before and after
   change.png        before, after and change side by side
   provenance.json   input hashes, model id, thresholds, grids, damwatch version
   metrics.json      with --truth: precision, recall, f1 and iou for each change class
@@ -104,7 +105,13 @@ def run(args: argparse.Namespace) -> int:
     out = Path(result["files"]["change"]).parent
     counts = result["counts"]
     grid = result.get("grid")  # absent from records made before it was recorded
-    cells = f" on {grid['shape'][0]} x {grid['shape'][1]} cells of {grid['cell_size']:g} map units" if grid else ""
+    cells = ""
+    if grid:
+        from pipeline.units import describe_size
+
+        w, s, e, n = before.bounds
+        size = describe_size(before.crs, grid["cell_size"], centre=((w + e) / 2, (s + n) / 2), where="the surveys' centre")
+        cells = f" on {grid['shape'][0]} x {grid['shape'][1]} cells of {size}"
     status = stage_status(summary, "change", f"{result['model_id']}/{before.id}..{after.id}")
     print(f"change {before.id} -> {after.id}{cells}: {counts['new']} new, {counts['gone']} gone, "
           f"{counts['persisting']} persisting; maps in {out}"

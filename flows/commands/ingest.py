@@ -73,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe_ingest(survey, status: str, store) -> str:
+    from flows.commands.surveys import pixel_size
+
     if status == "unchanged":
         return f"survey {survey.id} already holds {survey.source_name} (same sha256): nothing to do"
     verb = "replaced" if status == "replaced" else "ingested"
@@ -80,5 +82,5 @@ def describe_ingest(survey, status: str, store) -> str:
     return (
         f"{verb} {survey.source_name} as survey {survey.id} in {store.root}: {survey.width} x "
         f"{survey.height} px, {len(survey.bands)} band(s) ({', '.join(survey.bands)}), "
-        f"{survey.dtype}, {info['crs']}, pixel {survey.res[0]:g} x {survey.res[1]:g} {info['units']}"
+        f"{survey.dtype}, {info['crs']}, pixel {pixel_size(survey)}"
     )

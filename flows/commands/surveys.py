@@ -23,6 +23,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
 
 
+def pixel_size(survey) -> str:
+    """The pixel size as printed: in the CRS's units, and in metres for a geographic survey."""
+    from pipeline.units import describe_size
+
+    w, s, e, n = survey.bounds
+    return describe_size(survey.crs, survey.res[0], survey.res[1], centre=((w + e) / 2, (s + n) / 2))
+
+
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
     surveys = store.surveys(area=args.area)
@@ -46,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{s.width} x {s.height}",
                 ",".join(s.bands),
                 info["crs"],
-                f"{s.res[0]:g} x {s.res[1]:g} {info['units']}",
+                pixel_size(s),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
