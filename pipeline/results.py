@@ -28,9 +28,8 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.colors import BoundaryNorm, ListedColormap
 
-from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, ChangeResult
+from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, PERSISTING, ChangeResult
 from pipeline.detections import CONFIDENCE_LEVELS, detections_geojson
 from pipeline.errors import InputError
 from pipeline.evaluate import change_metrics, detection_metrics, read_truth
@@ -38,7 +37,7 @@ from pipeline.files import file_sha256
 from pipeline.maps import PROBABILITY_NODATA, cells_beyond, probability_map
 from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
-from pipeline.render import outline_rings, render_quicklook, survey_thumbnail, write_cog
+from pipeline.render import PROBABILITY_CMAP, class_rings, outline_rings, render_quicklook, survey_thumbnail, write_cog
 from pipeline.shapes import dissolve_classes
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -141,13 +140,13 @@ def write_detection_maps(
         render_quicklook(
             folder.path("quicklook"),
             [{
-                "title": f"tile probability (cells of {cell} px), {len(detections['features'])} detections ≥ {threshold:g}",
+                "title": f"tile probability (cells of {cell} px), {len(detections['features'])} detections ≥ {threshold:.2f}",
                 "image": thumb, "image_transform": thumb_transform,
-                "overlay": values, "overlay_transform": map_transform, "cmap": "magma",
-                "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": min(0.2, threshold),
-                "colorbar": "probability", "outlines": outline_rings(detections, grid.crs),
+                "grey": True, "overlay": values, "overlay_transform": map_transform, "cmap": PROBABILITY_CMAP,
+                "vmin": 0.0, "vmax": 1.0, "alpha": 0.7, "mask_below": min(0.2, threshold),
+                "colorbar": "probability", "outlines": outline_rings(detections, grid.crs), "outline_color": "black",
             }],
-            title=f"{survey.id} — model {predictions.model_id}",
+            title=f"{survey.id} — model {predictions.model_id}", crs=grid.crs,
         )
         provenance["n_detections"] = len(detections["features"])
         if truth_data is not None:
@@ -217,22 +216,21 @@ def _render_change(path: os.PathLike, result: ChangeResult, before: "Survey", af
         thumb, thumb_transform = survey_thumbnail(survey, client=client)
         panels.append({
             "title": f"{survey.id}: probability",
-            "image": thumb,
-            "image_transform": thumb_transform,
-            "overlay": values, "overlay_transform": result.grid.transform, "cmap": "magma",
-            "vmin": 0.0, "vmax": 1.0, "alpha": 0.55, "mask_below": result.thresholds.low,
+            "image": thumb, "image_transform": thumb_transform, "grey": True,
+            "overlay": values, "overlay_transform": result.grid.transform, "cmap": PROBABILITY_CMAP,
+            "vmin": 0.0, "vmax": 1.0, "alpha": 0.7, "mask_below": result.thresholds.low,
             "colorbar": "probability",
         })
-    codes = result.classes.astype(np.float64)
-    codes[result.classes == NODATA] = np.nan
-    colours = [np.array(CLASS_COLOURS[c][:3]) / 255 for c in (NONE, NEW, GONE, PERSISTING)]
     counts = result.counts()
+    # The change is drawn as outlined shapes with a light fill: the imagery stays visible.
     panels.append({
         "title": "change: " + ", ".join(f"{n} {counts[n]}" for n in ("new", "gone", "persisting")),
         "image": panels[1]["image"], "image_transform": panels[1]["image_transform"],
-        "overlay": codes, "overlay_transform": result.grid.transform,
-        "cmap": ListedColormap(colours), "norm": BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5], 4),
-        "alpha": 0.7, "mask_below": 0.5, "colorbar": "class",
-        "ticks": [0, 1, 2, 3], "ticklabels": ["none", "new", "gone", "persisting"],
+        "shapes": [
+            {"rings": class_rings(result.classes, result.grid.transform, code),
+             "colour": tuple(np.array(CLASS_COLOURS[code][:3]) / 255), "label": f"{CLASS_NAMES[code]} ({counts[CLASS_NAMES[code]]})"}
+            for code in (NEW, GONE, PERSISTING)
+        ],
     })
-    render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}")
+    render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}",
+                     crs=result.grid.crs)
