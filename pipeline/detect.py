@@ -30,6 +30,7 @@ import numpy as np
 
 from ann.io import Classifier, load_model
 from pipeline.blocks import compute_tasks
+from pipeline.coords import TILE_DIMS, add_tile_coordinates, grid_mapping_attrs
 from pipeline.errors import InputError, StoreError, command
 from pipeline.features import FeatureSpec, compute_features
 from pipeline.tiling import DEFAULT_TILE_SIZE, DETECTION_STRIDE, TileGrid
@@ -257,15 +258,17 @@ def save_predictions(store: "Store", predictions: Predictions, extra_attrs: dict
         "grid": predictions.grid.to_dict(),
         **(extra_attrs or {}),
     }
-    with store.new_group(predictions.path, attributes) as group:
+    with store.new_group(predictions.path, attributes, consolidate=True) as group:
         group.create_array(
             "probability",
             data=p,
             chunks=tuple(min(1024, max(1, n)) for n in p.shape),
             compressors=zarr.codecs.ZstdCodec(level=3),
-            dimension_names=["tile_row", "tile_col"],
-            attributes={"description": "tile probabilities, NaN where a tile was not scored"},
+            dimension_names=list(TILE_DIMS),
+            attributes={"description": "tile probabilities, NaN where a tile was not scored", "units": "0-1",
+                        **grid_mapping_attrs(predictions.grid)},
         )
+        add_tile_coordinates(group, predictions.grid)  # georeferenced in xarray/rioxarray
 
 
 def open_predictions(store: "Store", model_id: str, survey_id: str) -> Predictions:

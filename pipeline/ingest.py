@@ -302,6 +302,9 @@ def _create_arrays(group: "zarr.Group", source: _Source, edge: int) -> None:
             },
         )
         arr[:] = coords
+    names = group.create_array("band", shape=(source.count,), dtype=str, dimension_names=["band"],
+                               attributes={"long_name": "band name"})
+    names[:] = np.array(source.band_names)  # a coordinate: ds.image.sel(band="nir") in xarray
     ref = group.create_array(
         "spatial_ref",
         shape=(),

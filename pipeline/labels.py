@@ -57,6 +57,7 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client
+from pipeline.coords import TILE_DIMS, add_tile_coordinates, grid_mapping_attrs
 from pipeline.errors import InputError, command
 from pipeline.expressions import evaluate_expression, parse_expression
 from pipeline.files import jsonable, parse_date
@@ -401,6 +402,11 @@ def labels_from_expression(
 # ----------------------------------------------------------------------------------------------
 # The store
 # ----------------------------------------------------------------------------------------------
+#: The name of the labels array in a labels group (stores written before 2026-12 call it
+#: "values", which xarray's Dataset.values hides; both are read).
+LABELS_ARRAY = "labels"
+
+
 def labels_path(survey_id: str, name: str = "default", stride: int = TRAINING_STRIDE, size: int = DEFAULT_TILE_SIZE) -> str:
     """Path inside ``store.zarr``: ``labels/<survey_id>/<name>/size<S>_stride<T>``."""
     return f"labels/{survey_id}/{name}/size{int(size)}_stride{int(stride)}"
@@ -421,15 +427,17 @@ def save_labels(store: "Store", labels: TileLabels, source_sha256: str | None = 
         "grid": grid.to_dict(),
         "source_sha256": source_sha256,
     }
-    with store.new_group(path, attributes) as group:
+    with store.new_group(path, attributes, consolidate=True) as group:  # consolidated: one read opens it
         group.create_array(
-            "values",
+            LABELS_ARRAY,
             data=np.asarray(labels.values, dtype=np.int8),
             chunks=grid.shape,
             compressors=zarr.codecs.ZstdCodec(level=3),
-            dimension_names=["tile_row", "tile_col"],
-            attributes={"flag_values": [1, 0, -1], "flag_meanings": "positive negative unknown"},
+            dimension_names=list(TILE_DIMS),
+            attributes={"flag_values": [1, 0, -1], "flag_meanings": "positive negative unknown",
+                        "long_name": f"tile labels {labels.name!r}", **grid_mapping_attrs(grid)},
         )
+        add_tile_coordinates(group, grid)
     labels.path = path
     return labels
 
@@ -475,7 +483,7 @@ def open_labels(
     return TileLabels(
         survey_id=survey_id,
         grid=TileGrid.from_dict(attrs["grid"]),
-        values=np.asarray(group["values"][...], dtype=np.int8),
+        values=np.asarray(group[LABELS_ARRAY if LABELS_ARRAY in group else "values"][...], dtype=np.int8),
         source=attrs["source"],
         name=name,
         report=dict(attrs.get("report") or {}),

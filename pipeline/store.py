@@ -15,6 +15,7 @@ A *survey* is one georeferenced raster of one area on one date (:mod:`pipeline.i
 it from a GeoTIFF), the group ``surveys/<area>-<date>``::
 
     image        (band, y, x)  the pixels, source dtype, zstd, chunks (all bands, E, E)
+    band         (band,) str   band names, a coordinate (surveys ingested before 2026-12 lack it)
     valid        (y, x) bool   false where any band is nodata (or NaN)
     y, x         (y,), (x,)    pixel-centre coordinates in the survey's CRS
     spatial_ref  ()            CF grid mapping: ``crs_wkt``, ``spatial_ref``, ``GeoTransform``
