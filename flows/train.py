@@ -23,6 +23,8 @@ from flows.runs import RunRecord
 from flows.session import cluster_session, survey_bytes
 from flows.tasks import features_task, labels_task, train_task
 from pipeline.files import write_json
+from pipeline.results import training_footprints
+from pipeline.stac import write_model_item
 from pipeline.store import Store
 from pipeline.training import TrainingSettings
 
@@ -66,6 +68,8 @@ def train_flow(
         trained = run.add(train_task(root, surveys, settings=chosen.to_dict(), run_id=run.run_id))
     report = write_json(run.dir / "train-report.json", trained["outputs"]["report"])
     summary = train_summary(trained["outputs"]["report"])
+    # The model described for STAC browsers (machine-learning-model extension), linked from the run's catalog.
+    write_model_item(st.models_dir, summary["model_id"], training_footprints(st, summary["model_id"]))
     return run.finish(
         {"model_id": summary["model_id"], "train": summary},
         headline=[train_headline(trained)],

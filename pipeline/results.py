@@ -39,6 +39,7 @@ from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
 from pipeline.render import PROBABILITY_CMAP, class_rings, outline_rings, render_quicklook, survey_thumbnail, write_cog
 from pipeline.shapes import dissolve_classes
+from pipeline.stac import MEDIA_TYPES, model_item_file, write_item, write_model_item
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.detect import Predictions
@@ -52,6 +53,8 @@ DETECTION_FILES = {
     "detections": "detections.geojson",
     "quicklook": "quicklook.png",
     "metrics": "metrics.json",
+    "probability_item": "probability.stac.json",
+    "detections_item": "detections.stac.json",
 }
 
 #: The change classes drawn as shapes in change.geojson ("none" is the background).
@@ -68,6 +71,7 @@ PROBABILITY_BAND = {
 CHANGE_FILES = {
     "change": "change.tif",
     "categories": "change.tif.aux.xml",
+    "change_item": "change.stac.json",
     "geojson": "change.geojson",
     "quicklook": "change.png",
     "metrics": "metrics.json",
@@ -149,6 +153,7 @@ def write_detection_maps(
             title=f"{survey.id} — model {predictions.model_id}", crs=grid.crs,
         )
         provenance["n_detections"] = len(detections["features"])
+        _detection_items(store, folder, survey, predictions.model_id, map_transform, values.shape)
         if truth_data is not None:
             metrics = detection_metrics(predictions.probabilities, grid, truth_data, threshold, survey.date)
             folder.write_json("metrics", metrics)
@@ -203,11 +208,75 @@ def write_change_maps(
             properties={"before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
         ))
         _render_change(folder.path("quicklook"), result, before_s, after_s, client)
+        _change_item(store, folder, result, before_s, after_s)
         if truth_data is not None:
             tile_map = result.before.grid.size * max(abs(result.before.grid.transform.a), abs(result.after.grid.transform.a))
             metrics = change_metrics(result, truth_data, before_s, after_s, tile_map)
             folder.write_json("metrics", metrics)
     return _result_files(folder.written(), {"counts": result.counts(), "metrics": metrics})
+
+
+def _stac_sources(store: "Store", surveys: list["Survey"], model_id: str) -> list[dict[str, str]]:
+    """derived_from links of an output: its surveys in the store and its model's STAC item."""
+    sources = [{"href": str(store.survey_dir(s.id)), "title": f"survey {s.id} ({s.source_name})",
+                "type": MEDIA_TYPES[".zarr"]} for s in surveys]
+    model_item = model_item_file(store.models_dir, model_id)
+    if (store.models_dir / f"{model_id}.json").is_file():
+        if not model_item.is_file():
+            write_model_item(store.models_dir, model_id, training_footprints(store, model_id))
+        sources.append({"href": str(model_item), "title": f"model {model_id}", "type": "application/geo+json"})
+    return sources
+
+
+def training_footprints(store: "Store", model_id: str) -> list[tuple[tuple[float, ...], Any]]:
+    """(bounds, crs) of the surveys a stored model was trained on that the store still holds."""
+    import json
+
+    meta = json.loads((store.models_dir / f"{model_id}.json").read_text())
+    surveys = ((meta.get("metadata") or {}).get("training") or {}).get("surveys") or []
+    ids = [s.get("id") for s in surveys if isinstance(s, dict)]
+    return [(store.survey(i).bounds, store.survey(i).crs) for i in ids if i in store.survey_ids()]
+
+
+def _detection_items(store: "Store", folder: Any, survey: "Survey", model_id: str, transform: Any, shape: tuple) -> None:
+    sources = _stac_sources(store, [survey], model_id)
+    common = dict(bounds=survey.bounds, crs=survey.crs, datetime=survey.date, sources=sources,
+                  extra_assets={"overview": {"path": folder.path("quicklook"), "title": "quicklook", "roles": ["overview"]},
+                                "provenance": {"path": folder.path("provenance"), "title": "provenance", "roles": ["metadata"]}})
+    write_item(folder.path("probability"), path=folder.path("probability_item"), item_id=f"{survey.id}-probability-{model_id}",
+               title=f"probability map of {survey.id}, model {model_id}",
+               description="Probability (0-1) that the target is in each map cell: the mean probability of the scored "
+                           "tiles containing the cell's centre; nodata beyond the survey.",
+               transform=transform, shape=shape, **common)
+    write_item(folder.path("detections"), path=folder.path("detections_item"), item_id=f"{survey.id}-detections-{model_id}",
+               title=f"detections in {survey.id}, model {model_id}",
+               description="Detections (RFC 7946 GeoJSON, WGS84) with peak and mean probability and a confidence class.",
+               **common)
+
+
+def _change_item(store: "Store", folder: Any, result: ChangeResult, before: "Survey", after: "Survey") -> None:
+    grid = result.grid
+    h, w = result.classes.shape
+    left, top = grid.transform * (0, 0)
+    right, bottom = grid.transform * (w, h)
+    bounds = (max(left, before.bounds[0], after.bounds[0]), max(bottom, before.bounds[1], after.bounds[1]),
+              min(right, before.bounds[2], after.bounds[2]), min(top, before.bounds[3], after.bounds[3]))
+    model_id = result.before.model_id
+    write_item(
+        folder.path("change"), path=folder.path("change_item"), item_id=f"{before.id}..{after.id}-change-{model_id}",
+        title=f"change {before.id} -> {after.id}, model {model_id}",
+        description="New, gone and persisting detections between two dates: class codes (COG with category names) "
+                    "and the patches of each class (GeoJSON).",
+        bounds=bounds, crs=grid.crs, start=before.date, end=after.date, transform=grid.transform, shape=(h, w),
+        sources=_stac_sources(store, [before, after], model_id),
+        extra_assets={
+            "vector": {"path": folder.path("geojson"), "title": "change patches (GeoJSON)", "roles": ["data"]},
+            "categories": {"path": folder.path("categories"), "title": "class names (GDAL PAM)", "roles": ["metadata"]},
+            "overview": {"path": folder.path("quicklook"), "title": "quicklook", "roles": ["overview"]},
+            "provenance": {"path": folder.path("provenance"), "title": "provenance", "roles": ["metadata"]},
+        },
+        properties={"damwatch:counts": result.counts()},
+    )
 
 
 def _render_change(path: os.PathLike, result: ChangeResult, before: "Survey", after: "Survey", client: Any) -> None:
