@@ -32,7 +32,7 @@ from pipeline.geojson import from_wgs84, polygons
 
 __all__ = [
     "PROBABILITY_CMAP", "cog_overview_count", "write_cog", "category_pam_xml", "survey_thumbnail", "nice_length",
-    "render_quicklook", "outline_rings", "class_rings",
+    "render_quicklook", "quicklook_figure", "outline_rings", "class_rings",
 ]
 
 
@@ -298,6 +298,16 @@ def render_quicklook(
     a geographic CRS, with the aspect of the ground), a scale bar, a north arrow, and the
     figure names the CRS. The figure is cut to its content (no blank margins).
     """
+    import matplotlib.pyplot as plt
+
+    fig = quicklook_figure(panels, title, crs)
+    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
+    plt.close(fig)
+    return Path(path)
+
+
+def quicklook_figure(panels: Sequence[Mapping[str, Any]], title: str, crs: Any = None):
+    """The matplotlib Figure :func:`render_quicklook` saves (close it with ``plt.close``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -367,9 +377,7 @@ def render_quicklook(
         if crs is not None:
             _map_furniture(ax, crs, extent)
     fig.suptitle(title + (f"\nCRS: {_crs_name(crs)}" if crs is not None else ""), fontsize=10)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", pad_inches=0.08)
-    plt.close(fig)
-    return Path(path)
+    return fig
 
 
 def outline_rings(geojson: Mapping[str, Any], crs: Any) -> list[list[tuple[float, float]]]:
