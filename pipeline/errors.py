@@ -37,7 +37,9 @@ def command(*words: object, store: object = None) -> str:
     if store is not None:
         from pipeline.store import default_store_path
 
-        root = Path(getattr(store, "root", store))
+        import os
+
+        root = Path(store) if isinstance(store, (str, os.PathLike)) else Path(store.root)
         if root.resolve() != default_store_path().resolve():
             parts += ["--store", str(root)]
     return "`" + " ".join(shlex.quote(p) for p in parts) + "`"
