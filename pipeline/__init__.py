@@ -20,6 +20,7 @@ Tiles and what is computed from them
   ``features``     per-tile feature vectors (the classic model's input)
   ``expressions``  the safe band-expression language (``"ndwi > 0"``)
   ``labels``       tile labels from GeoJSON objects or a band expression
+  ``coords``       tile-centre coordinates and grid mapping of tile groups (for xarray/rioxarray)
 
 Training and detection
   ``examples``     labelled tiles cut into training, validation and test regions
@@ -32,7 +33,10 @@ Outputs
   ``maps``         map maths: tile probabilities to map cells
   ``detections``   flagged tiles grouped into detections
   ``geojson``      GeoJSON in and out (RFC 7946, WGS84)
-  ``render``       Cloud-Optimized GeoTIFFs and quicklook PNGs
+  ``shapes``       adjacent cells of one class dissolved into polygons
+  ``units``        sizes in map units said in metres (degrees at a latitude)
+  ``render``       Cloud-Optimized GeoTIFFs (band names, units, class names) and quicklook PNGs
+  ``stac``         STAC items of outputs and models (MLM), and a catalog per run
   ``provenance``   what made an output, from which inputs
   ``outputs``      one output folder, written whole or not at all
   ``results``      the files of a detection or a change, composed
