@@ -103,7 +103,9 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
     run = json.loads((run_dir / "provenance.json").read_text())
     assert run["flow"] == "detect" and run["status"] == "completed" and run["prefect_flow_run_id"]
     assert run["parameters"]["out"] == str(out) and run["parameters"]["threshold"] == 0.5
-    assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "probability.tif", "provenance.json", "quicklook.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detections.geojson", "detections.stac.json", "probability.stac.json", "probability.tif", "provenance.json",
+        "quicklook.png"]
     survey = store.survey(sid)
     pred = detect.open_predictions(store, mid, sid)
 
@@ -113,7 +115,8 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
         assert ds.crs == survey.crs
         assert ds.transform == survey.transform * Affine.scale(64)
         assert np.isnan(ds.nodata) and ds.overviews(1)
-        expected, _ = maps.probability_map(pred.probabilities, pred.grid)
+        expected, cells = maps.probability_map(pred.probabilities, pred.grid)
+        expected[maps.cells_beyond(cells, expected.shape, survey.bounds)] = np.nan  # ground the survey never saw
         np.testing.assert_array_equal(ds.read(1), expected)
 
     fc = json.loads((out / "detections.geojson").read_text())
