@@ -44,6 +44,10 @@ wait_for() {  # description, command
 case "${1:-}" in
   start)
     export PREFECT_HOME="$STACK_DIR/prefect-home" PREFECT_SERVER_ANALYTICS_ENABLED=false
+    # Before the server starts: its UI asks PREFECT_API_URL for the API, and Prefect would
+    # otherwise build that address from port 4200 whatever --port says.
+    export PREFECT_API_URL="$API_URL"
+    unset PREFECT_UI_API_URL
     export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1
     start_one prefect-server prefect server start --host 127.0.0.1 --port "$PREFECT_PORT"
     start_one dask-scheduler dask scheduler --host 127.0.0.1 --port "$DASK_PORT" --dashboard-address "127.0.0.1:$((DASK_PORT + 1))"

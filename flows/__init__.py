@@ -21,7 +21,8 @@ Shared machinery, one concept per module:
 
 ==================  =====================================================================
 ``tasks``           one Prefect task per stage, each with its retry policy
-``session``         the Dask client shared by a flow run's stages
+``session``         the Dask client shared by a flow run's stages (none for small work)
+``server``          the persistent local Prefect server of ``damwatch server``
 ``resume``          skipping a stage whose inputs are unchanged (the stage ledger)
 ``failures``        which failures are retried; user errors shown without traceback
 ``runs``            ``runs/<run_id>/`` and the Prefect artifacts of a run

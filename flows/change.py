@@ -16,7 +16,7 @@ from prefect import flow
 
 from flows.headlines import change_headline
 from flows.runs import RunRecord
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import change_task, model_reference, resolve_model_id
 from pipeline.store import Store
 
@@ -48,7 +48,7 @@ def change_flow(
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "change", params)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, [before, after])):
         model_id = resolve_model_id(st, model)
         ref = model_reference(st, model)
         outcome = run.add(

@@ -46,10 +46,11 @@ def require_server() -> str:
     url = get_current_settings().api.url
     if not url:
         raise InputError(
-            "no Prefect server is configured (PREFECT_API_URL is unset), and Prefect's temporary "
-            "local server never fires schedules. Start one with `prefect server start --host "
-            "127.0.0.1 --port 4200` and run `export PREFECT_API_URL=http://127.0.0.1:4200/api` "
-            "(or `prefect config set PREFECT_API_URL=...`) before `damwatch serve`; see deploy/README.md"
+            "no Prefect server is configured (PREFECT_API_URL is unset and no damwatch server is "
+            "running), and Prefect's temporary local server never fires schedules. Start one with "
+            "`damwatch server start` (damwatch commands then use it while it runs), or export "
+            "PREFECT_API_URL naming a Prefect server you run (deploy/README.md), then run damwatch "
+            "serve again"
         )
     return url
 

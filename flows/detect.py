@@ -19,7 +19,7 @@ from prefect import flow
 
 from flows.headlines import detection_headline
 from flows.runs import RunRecord, top_detections
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import detect_task, model_reference, resolve_model_id
 from pipeline.store import Store
 
@@ -49,7 +49,7 @@ def detect_flow(
     st = Store(store)
     outs = {sid: Path(out) / sid if len(surveys) > 1 else Path(out) for sid in surveys} if out else {}
     run = RunRecord(st, "detect", params)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, surveys)):
         model_id = resolve_model_id(st, model)
         ref = model_reference(st, model)
         outcomes = [

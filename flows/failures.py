@@ -6,8 +6,8 @@ A stage fails either because of its input (a :class:`pipeline.errors.DamwatchErr
 fix bad input, nor a full disk (:class:`pipeline.errors.DiskFull`, and any ``ENOSPC`` /
 ``EDQUOT``), so only transient faults are retried (:func:`retry_transient`, the
 ``retry_condition_fn`` of every stage task; each task states its retry policy in its
-decorator). A user error is shown as its one-paragraph message, without the traceback Prefect
-would log (:func:`hide_user_error_tracebacks`).
+decorator). On the command line a user error is shown as its one-paragraph message alone,
+without Prefect's ERROR lines and traceback repeating it (:func:`hide_user_error_tracebacks`).
 """
 
 from __future__ import annotations
@@ -50,22 +50,52 @@ def retry_transient(task, task_run, state) -> bool:
     return False
 
 
-class _UserErrorTracebacks(logging.Filter):
-    """Drop the traceback from console log records of user errors (the message stays)."""
+def _user_error_names() -> tuple[str, ...]:
+    """Class names of every user error (DamwatchError, AnnError and their subclasses)."""
+    names, todo = set(), [DamwatchError, AnnError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo.extend(cls.__subclasses__())
+    return tuple(sorted(names))
+
+
+class _UserErrorLines(logging.Filter):
+    """Drop Prefect's console lines about a user error: the command line prints its paragraph.
+
+    Prefect reports a failed task or flow three times (the task's "Finished in state Failed(...
+    StoreError: ...)", the flow's "Encountered exception during execution" with a traceback, and
+    the flow's "Finished in state Failed"), each repeating the message the command then prints
+    once, wrapped. The records still reach Prefect's API log (this filter is on the console
+    handlers only), so the run's page in the UI keeps them.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, (DamwatchError, AnnError)):
-            record.exc_info, record.exc_text = None, None
+            return False
+        if record.levelno >= logging.INFO and record.name.startswith("prefect"):
+            message = record.getMessage()
+            if "Failed(" in message or "Encountered exception" in message:
+                return not any(f"{n}: " in message or f"{n}(" in message for n in _user_error_names())
         return True
 
 
-def hide_user_error_tracebacks() -> None:
-    """Keep Prefect's console from printing tracebacks for bad input (the CLI's contract).
+class _DrainNotices(logging.Filter):
+    """Drop "Still processing items" from Prefect's event/log workers as a command exits."""
 
-    Prefect logs every exception that fails a task or flow with its traceback; for a
-    :class:`DamwatchError` / :class:`AnnError` the one-paragraph message says everything, and
-    the command line prints it once more itself. Applies to the console handlers only.
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
+def hide_user_error_tracebacks() -> None:
+    """Keep Prefect's console from repeating bad input (the CLI's contract: one paragraph).
+
+    Prefect logs every exception that fails a task or flow with its traceback, and its final
+    states with the message again; for a :class:`DamwatchError` / :class:`AnnError` the
+    one-paragraph message says everything, and the command line prints it itself. Applies to
+    the console handlers only. Also drops the "Still processing items" notices Prefect's
+    background workers print while sending the last events of a run at exit.
     """
     # Here, not at the top: prefect costs ~1 s to import and the command line checks its input
     # first. Importing prefect's flow machinery sets up its logging handlers, which the filter
@@ -75,6 +105,10 @@ def hide_user_error_tracebacks() -> None:
 
     for handler in logging.getLogger().handlers:
         if isinstance(handler, PrefectConsoleHandler) and not any(
-            isinstance(f, _UserErrorTracebacks) for f in handler.filters
+            isinstance(f, _UserErrorLines) for f in handler.filters
         ):
-            handler.addFilter(_UserErrorTracebacks())
+            handler.addFilter(_UserErrorLines())
+    for name in ("EventsWorker", "APILogWorker"):
+        worker_logger = logging.getLogger(name)
+        if not any(isinstance(f, _DrainNotices) for f in worker_logger.filters):
+            worker_logger.addFilter(_DrainNotices())

@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.runs import RunRecord
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import features_task
 from pipeline.store import Store
 
@@ -34,7 +34,7 @@ def features_flow(
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "features", params)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, surveys)):
         outcomes = [
             run.add(
                 features_task(

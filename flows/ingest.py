@@ -9,7 +9,7 @@ from __future__ import annotations
 from prefect import flow
 
 from flows.runs import RunRecord
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import ingest_task
 from pipeline.store import Store
 
@@ -26,14 +26,18 @@ def ingest_flow(
     overwrite: bool = False,
     cluster: str | None = None,
     workers: int | None = None,
+    sha256: str | None = None,
 ) -> dict:
-    """Ingest ``path`` as survey ``<area>-<date>`` (date YYYY-MM-DD) into ``store``."""
+    """Ingest ``path`` as survey ``<area>-<date>`` (date YYYY-MM-DD) into ``store``.
+
+    ``sha256``: the file's content hash when the caller has computed it (not computed again).
+    """
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "ingest", params)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, paths=[str(path)])):
         outcome = run.add(
-            ingest_task(str(st.root), str(path), area, str(date), bands=bands, overwrite=overwrite, run_id=run.run_id)
+            ingest_task(str(st.root), str(path), area, str(date), sha256=sha256, bands=bands, overwrite=overwrite, run_id=run.run_id)
         )
     out = outcome["outputs"]
     return run.finish(

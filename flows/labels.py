@@ -17,7 +17,7 @@ from prefect import flow
 
 from flows.headlines import labels_headline
 from flows.runs import RunRecord
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import labels_task
 from pipeline.store import Store
 
@@ -54,7 +54,7 @@ def labels_flow(
     params = dict(locals())
     st = Store(store)
     run = RunRecord(st, "labels", params)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, surveys)):
         outcomes = [
             run.add(
                 labels_task(

@@ -16,7 +16,7 @@ dead processes left is removed (:meth:`pipeline.store.Store.sweep`).
 
 The same facts go to Prefect as artifacts, keyed by flow so the UI shows their history:
 ``<flow>-summary`` (markdown), ``<flow>-top-detections`` (table) and ``<flow>-maps``
-(markdown list of the output paths).
+(markdown list of links to the output files and the run folder, ``file://`` URIs).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from prefect.runtime import flow_run
 
 from pipeline import __version__
 from pipeline.files import disk_full, is_disk_full, owned_name, owner_gone, owner_of, sweep_owned
+from pipeline.stac import write_run_catalog
 from pipeline.store import Store
 
 __all__ = ["RunRecord", "artifact_key", "markdown_table", "top_detections"]
@@ -103,6 +104,13 @@ def _versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return found
+
+
+def _link(path: str | os.PathLike) -> str:
+    """A markdown link to a file or folder (file:// URI of its absolute path), which the Prefect
+    UI shows as a link, named by the file."""
+    target = Path(path).resolve()
+    return f"[{target.name}]({target.as_uri()})"
 
 
 def _write_json(path: Path, data: Any) -> None:
@@ -196,6 +204,8 @@ class RunRecord:
             "maps": maps,
         }
         self._write_provenance("failed" if error else "completed", error=error)
+        if not error:
+            write_run_catalog(self.dir, maps.values(), self.run_id, f"Outputs of damwatch {self.flow} run {self.run_id}")
         _write_json(self.dir / "summary.json", full)  # last: a run with a summary is complete
         self._marker.unlink(missing_ok=True)
         self._artifacts(full, headline, detections, maps)
@@ -236,7 +246,7 @@ class RunRecord:
         lines = [f"# {self.flow} — run `{self.run_id}`", ""]
         lines += [f"- {line}" for line in headline]
         lines += ["", "## Stages", "", markdown_table(stage_rows)]
-        lines += ["", f"Outputs and provenance: `{self.dir}`"]
+        lines += ["", f"Outputs and provenance: {_link(self.dir)}"]
         create_markdown_artifact(
             "\n".join(lines), key=artifact_key(self.flow, "summary"), description=f"{self.flow} run summary"
         )
@@ -245,8 +255,8 @@ class RunRecord:
             key=artifact_key(self.flow, "top-detections"),
             description="Detections with the highest peak probability",
         )
-        map_lines = [f"# Outputs of run `{self.run_id}`", "", f"- run directory: `{self.dir}`"]
-        map_lines += [f"- {label}: `{path}`" for label, path in maps.items()]
+        map_lines = [f"# Outputs of run `{self.run_id}`", "", f"- run directory: {_link(self.dir)}"]
+        map_lines += [f"- {label}: {_link(path)}" for label, path in maps.items()]
         create_markdown_artifact(
             "\n".join(map_lines), key=artifact_key(self.flow, "maps"), description="Paths of the maps and reports"
         )

@@ -9,6 +9,11 @@ starts no cluster at all. Nested sessions (a subflow inside a flow) reuse the ou
 A client whose scheduler went away (killed, restarted, a dropped connection) is closed for good;
 the next stage, or the retry of the stage that failed, gets a new connection instead of the
 closed client.
+
+A session told the size of its work (``work_bytes``: the survey pixels its stages read) runs
+small work in this process, on Dask's threaded scheduler, and starts no worker process
+(:func:`pipeline.cluster.runs_in_process` states the rule and its measurements); its stages
+then get ``None`` for a client, which every pipeline function takes as "local threads".
 """
 
 from __future__ import annotations
@@ -19,15 +24,16 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from pipeline.cluster import cluster_address, dask_client
+from pipeline.cluster import cluster_address, dask_client, runs_in_process
 
-__all__ = ["cluster_session", "stage_client", "in_process", "connect"]
+__all__ = ["cluster_session", "connect", "in_process", "stage_client", "survey_bytes"]
 
 
 class _Session:
-    def __init__(self, address: str | None, workers: int | None):
+    def __init__(self, address: str | None, workers: int | None, work_bytes: int | None = None):
         self.address = address
         self.workers = workers
+        self.threads_only = runs_in_process(work_bytes, address, workers)
         self._stack = contextlib.ExitStack()
         self._client = None
 
@@ -63,12 +69,18 @@ _SESSION: contextvars.ContextVar[_Session | None] = contextvars.ContextVar("damw
 
 
 @contextlib.contextmanager
-def cluster_session(address: str | None = None, workers: int | None = None) -> Iterator[None]:
-    """Give the stage tasks inside this block one shared Dask client, started on first use."""
+def cluster_session(
+    address: str | None = None, workers: int | None = None, work_bytes: int | None = None
+) -> Iterator[None]:
+    """Give the stage tasks inside this block one shared Dask client, started on first use.
+
+    ``work_bytes``: bytes of survey pixels the stages read, when known; small work then runs
+    in this process (module docstring).
+    """
     if _SESSION.get() is not None:
         yield
         return
-    session = _Session(address, workers)
+    session = _Session(address, workers, work_bytes)
     token = _SESSION.set(session)
     try:
         yield
@@ -78,24 +90,52 @@ def cluster_session(address: str | None = None, workers: int | None = None) -> I
 
 
 def in_process() -> bool:
-    """True in a session asked for one local worker: work that can, runs in this process."""
+    """True in a session asked for one local worker, or whose work is small: it runs in this process."""
     session = _SESSION.get()
-    return session is not None and session.workers == 1 and cluster_address(session.address) is None
+    if session is None:
+        return False
+    return session.threads_only or (session.workers == 1 and cluster_address(session.address) is None)
 
 
 def connect() -> None:
     """Connect the session's client now, to fail (ClusterUnavailable) before any work is claimed."""
     session = _SESSION.get()
-    if session is not None:
+    if session is not None and not session.threads_only:
         session.client()
 
 
 @contextlib.contextmanager
 def stage_client() -> Iterator[Any]:
-    """The session's Dask client; outside a session, a client opened for this call only."""
+    """The session's Dask client; outside a session, a client opened for this call only.
+
+    ``None`` in a session whose work runs in this process (local threads).
+    """
     session = _SESSION.get()
     if session is not None:
-        yield session.client()
+        yield None if session.threads_only else session.client()
         return
     with dask_client() as client:
         yield client
+
+
+def survey_bytes(store: Any, survey_ids: list[str] | tuple[str, ...] = (), paths: list[str] | tuple[str, ...] = ()) -> int | None:
+    """Bytes of pixels (height × width × bands × bytes per value) of surveys and GeoTIFFs.
+
+    The work size a flow gives :func:`cluster_session`. None when a survey or file cannot be
+    read (the stage itself then says why).
+    """
+    total = 0
+    try:
+        for survey_id in survey_ids:
+            s = store.survey(survey_id)
+            total += s.height * s.width * len(s.bands) * s.dtype.itemsize
+        if paths:
+            import numpy as np
+            import rasterio
+
+            for path in paths:
+                with rasterio.open(path) as ds:
+                    total += ds.height * ds.width * sum(np.dtype(d).itemsize for d in ds.dtypes)
+    except Exception:  # noqa: BLE001 - a size is only a hint; the stage reports bad input itself
+        return None
+    return total

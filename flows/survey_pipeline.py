@@ -17,7 +17,7 @@ from prefect import flow, get_run_logger
 
 from flows.headlines import change_headline, detection_headline
 from flows.runs import RunRecord, top_detections
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import change_task, detect_task, features_task, ingest_task, resolve_model_id
 from pipeline.detect import model_spec, model_tile_size, resolve_model
 from pipeline.files import parse_date, survey_id_for
@@ -56,7 +56,7 @@ def survey_pipeline(
     survey_id = survey_id_for(area, parse_date(date))
     root = str(st.root)
     detect = change = None
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, paths=[str(path)])):
         classifier = None
         if model is not None:
             model = resolve_model_id(st, model)

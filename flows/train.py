@@ -22,9 +22,11 @@ from prefect import flow
 
 from flows.headlines import train_headline, train_summary
 from flows.runs import RunRecord
-from flows.session import cluster_session
+from flows.session import cluster_session, survey_bytes
 from flows.tasks import features_task, labels_task, train_task
 from pipeline.files import write_json
+from pipeline.results import training_footprints
+from pipeline.stac import write_model_item
 from pipeline.store import Store
 from pipeline.training import TrainingSettings
 
@@ -57,7 +59,7 @@ def train_flow(
     st = Store(store)
     run = RunRecord(st, "train", params)
     root = str(st.root)
-    with run.failing(), cluster_session(cluster, workers):
+    with run.failing(), cluster_session(cluster, workers, survey_bytes(st, surveys)):
         if chosen.model_type == "classic":  # the cnn reads its windows from the survey and the truth itself
             for sid in surveys:
                 if make_features:
@@ -70,6 +72,8 @@ def train_flow(
                                      truth=truth if chosen.model_type == "cnn" else None, where=where))
     report = write_json(run.dir / "train-report.json", trained["outputs"]["report"])
     summary = train_summary(trained["outputs"]["report"])
+    # The model described for STAC browsers (machine-learning-model extension), linked from the run's catalog.
+    write_model_item(st.models_dir, summary["model_id"], training_footprints(st, summary["model_id"]))
     return run.finish(
         {"model_id": summary["model_id"], "train": summary},
         headline=[train_headline(trained)],

@@ -10,7 +10,8 @@ Surveys and files
   ``ingest``       a GeoTIFF becomes a survey in the store
   ``synthetic``    synthetic surveys with known ground truth (a package)
   ``cluster``      the connection to a Dask cluster (local by default)
-  ``progress``     progress bars on long work
+  ``progress``     progress bars on long work (on a terminal only)
+  ``gdal_messages`` GDAL's warnings about a file, each said once
 
 Tiles and what is computed from them
   ``tiling``       tile grids over a survey's pixel grid (all tile constants live here)
@@ -19,6 +20,7 @@ Tiles and what is computed from them
   ``features``     per-tile feature vectors (the classic model's input)
   ``expressions``  the safe band-expression language (``"ndwi > 0"``)
   ``labels``       tile labels from GeoJSON objects or a band expression
+  ``coords``       tile-centre coordinates and grid mapping of tile groups (for xarray/rioxarray)
 
 Training and detection
   ``examples``     labelled tiles cut into training, validation and test regions
@@ -31,7 +33,10 @@ Outputs
   ``maps``         map maths: tile probabilities to map cells
   ``detections``   flagged tiles grouped into detections
   ``geojson``      GeoJSON in and out (RFC 7946, WGS84)
-  ``render``       Cloud-Optimized GeoTIFFs and quicklook PNGs
+  ``shapes``       adjacent cells of one class dissolved into polygons
+  ``units``        sizes in map units said in metres (degrees at a latitude)
+  ``render``       Cloud-Optimized GeoTIFFs (band names, units, class names) and quicklook PNGs
+  ``stac``         STAC items of outputs and models (MLM), and a catalog per run
   ``provenance``   what made an output, from which inputs
   ``outputs``      one output folder, written whole or not at all
   ``results``      the files of a detection or a change, composed
@@ -46,3 +51,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = ["__version__"]
+
+from pipeline.gdal_messages import say_gdal_warnings_once  # noqa: E402 - a logging filter, no heavy import
+
+say_gdal_warnings_once()

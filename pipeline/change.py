@@ -43,7 +43,7 @@ from rasterio.warp import transform_bounds
 
 from pipeline.detect import ProbabilityMap, check_model_input, detect_survey, resolve_model
 from pipeline.detections import find_peaks
-from pipeline.errors import InputError
+from pipeline.errors import InputError, command
 
 if TYPE_CHECKING:  # pragma: no cover
     from pipeline.store import Store, Survey
@@ -259,7 +259,7 @@ def check_comparable(before: "Survey", after: "Survey", reproject: bool = False)
         raise InputError(
             f"surveys {before.id} and {after.id} are of different areas ({before.area!r} and {after.area!r}); "
             f"change compares two dates of one area: pick two surveys of the same area "
-            f"(`damwatch surveys` lists them)"
+            f"({command('surveys', '--area', before.area, store=before.zarr_path.parent)} lists them)"
         )
     _refuse_other_crs(before.id, before.crs, after.id, after.crs, reproject)
     b = before.bounds

@@ -44,7 +44,8 @@ from rasterio.crs import CRS
 
 from ann.io import Classifier, load_model
 from pipeline.blocks import compute_tasks
-from pipeline.errors import InputError, StoreError
+from pipeline.coords import add_cell_coordinates
+from pipeline.errors import InputError, StoreError, command
 from pipeline.features import FeatureSpec, compute_features
 from pipeline.maps import probability_map
 from pipeline.pixels import InputSpec, channel_statistics, ground_resolution_m, read_channels, reading_for
@@ -127,7 +128,7 @@ def resolve_model(store: "Store", model: Any) -> Classifier:
         if not saved:
             raise InputError(
                 f"model 'latest' asked for, but the store at {store.root} holds no model yet; train "
-                f"one with `damwatch train` or give --model ID"
+                f"one first ({command('train', '--help')} shows how) or give --model ID"
             )
         text = saved[-1].stem
     path = Path(text) if text.endswith((".json", ".npz")) else Path(store.models_dir) / f"{text}.json"
@@ -137,7 +138,7 @@ def resolve_model(store: "Store", model: Any) -> Classifier:
     known = sorted(p.stem for p in models_dir.glob("*.json")) if models_dir.is_dir() else []
     raise InputError(
         f"model {text!r} is neither a model id in {models_dir} nor a model file (.json/.npz); "
-        f"known model ids: {', '.join(known) or 'none'} (train one with `damwatch train`)"
+        f"known model ids: {', '.join(known) or 'none'} (to train one: {command('train', '--help')})"
     )
 
 
@@ -326,8 +327,9 @@ def detect_survey(
     if classifier.model_type == "cnn":
         stats = channel_statistics(survey, grid["spec"])
         cells = max(8, BLOCK_PIXELS // grid["S"])
-        with store.new_group(path, {**attributes, "transform": list(transform)[:6]}) as group:
+        with store.new_group(path, {**attributes, "transform": list(transform)[:6]}, consolidate=True) as group:
             _create_map_array(group, shape, (cells, cells))
+            add_cell_coordinates(group, transform, shape, survey.crs)
             out_path = str(Path(group.store.root) / "probability")
             tasks = [
                 dask.delayed(_score_cnn_block, pure=False)(
@@ -351,8 +353,10 @@ def detect_survey(
         blocks = compute_tasks(tasks, client, f"scoring {survey_id}")
         values, transform = probability_map(np.concatenate(blocks, axis=0), tiles, cell=stride)
         values = values[: survey.height // stride, : survey.width // stride]  # whole cells only: no overhang
-        with store.new_group(path, {**attributes, "transform": list(transform)[:6], "tile_grid": tiles.to_dict()}) as group:
+        with store.new_group(path, {**attributes, "transform": list(transform)[:6], "tile_grid": tiles.to_dict()},
+                             consolidate=True) as group:
             _create_map_array(group, values.shape, tuple(min(1024, n) for n in values.shape))[...] = values
+            add_cell_coordinates(group, transform, values.shape, survey.crs)
     return open_probability_map(store, model_id, survey_id, key)
 
 
@@ -362,8 +366,8 @@ def _create_map_array(group: Any, shape: tuple[int, int], chunks: tuple[int, int
     return group.create_array(
         "probability", shape=shape, chunks=tuple(max(1, min(c, n)) for c, n in zip(chunks, shape)), dtype=np.float32,
         fill_value=np.nan, compressors=zarr.codecs.ZstdCodec(level=3), dimension_names=["y", "x"],
-        attributes={"long_name": "probability of a target in the window centred on the cell", "units": "1",
-                    "valid_range": [0.0, 1.0]},
+        attributes={"long_name": "probability of a target in the window centred on the cell", "units": "0-1",
+                    "valid_range": [0.0, 1.0], "grid_mapping": "spatial_ref"},
     )
 
 
@@ -385,14 +389,14 @@ def open_probability_map(store: "Store", model_id: str, survey_id: str, grid: st
         else:
             raise StoreError(
                 f"model {model_id} has {'no probability map' if not available else 'several probability maps (' + ', '.join(available) + ')'} "
-                f"for survey {survey_id} in the store at {store.root}; make one with `damwatch detect {survey_id} "
-                f"--model {model_id}`" + ("" if not available else " or name the grid")
+                f"for survey {survey_id} in the store at {store.root}; make one with "
+                f"{command('detect', survey_id, '--model', model_id, store=store)}" + ("" if not available else " or name the grid")
             )
     group = store.open_complete(
         f"predictions/{model_id}/{survey_id}/{grid}",
         f"no probability map of model {model_id} for survey {survey_id} on grid {grid} in the store at "
-        f"{store.root} (available: {', '.join(available) or 'none'}); make it with `damwatch detect {survey_id} "
-        f"--model {model_id}`",
+        f"{store.root} (available: {', '.join(available) or 'none'}); make it with "
+        f"{command('detect', survey_id, '--model', model_id, store=store)}",
     )
     a = dict(group.attrs)
     return ProbabilityMap(

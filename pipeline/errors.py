@@ -12,7 +12,7 @@ inbox file for a later run instead of recording it as bad input. ``transient`` s
 retrying the stage at once may help (a scheduler restarting) or not (a full disk).
 """
 
-__all__ = ["DamwatchError", "InputError", "StoreError", "ResourceError", "ClusterUnavailable", "DiskFull"]
+__all__ = ["ClusterUnavailable", "DamwatchError", "DiskFull", "InputError", "ResourceError", "StoreError", "command"]
 
 
 class DamwatchError(Exception):
@@ -41,3 +41,27 @@ class ClusterUnavailable(ResourceError, ConnectionError):
 
 class DiskFull(ResourceError):
     """No space left where damwatch writes: retrying cannot help until space is freed."""
+
+
+def command(*words: object, store: object = None) -> str:
+    """A damwatch command a user can paste, in backticks: ``command("features", sid, "--size", 32)``.
+
+    Words are shell-quoted (an expression such as ``ndwi > 0`` stays one argument), and
+    ``--store DIR`` is added when ``store`` (a :class:`pipeline.store.Store` or a path) is not
+    the default store, so the command acts on the store the error came from. An error that
+    suggests a command must suggest one that works as printed (tests/flows/test_suggestions.py
+    runs them).
+    """
+    import shlex
+    from pathlib import Path
+
+    parts = ["damwatch", *(str(w) for w in words)]
+    if store is not None:
+        import os
+
+        from pipeline.store import default_store_path
+
+        root = Path(store) if isinstance(store, (str, os.PathLike)) else Path(store.root)
+        if root.resolve() != default_store_path().resolve():
+            parts += ["--store", str(root)]
+    return "`" + " ".join(shlex.quote(p) for p in parts) + "`"

@@ -47,9 +47,12 @@ one Dask task per group of tiles spanning about one Zarr chunk (8 × 8 tiles of 
 1024-px chunk at stride 128: ~50–150 ms of arithmetic per task), each reading its own pixel
 window, with the halo from neighbouring chunks when a stride makes tiles straddle them;
 :func:`compute_features` runs it on a survey in the store and writes
-``features/<survey_id>/<spec_id>/size<S>_stride<T>`` (arrays ``values`` and
-``valid_fraction``; attrs ``feature_spec``, ``grid``, ``survey_id``, ``source_sha256``,
-``complete``), into a temporary group renamed into place when complete.
+``features/<survey_id>/<spec_id>/size<S>_stride<T>`` (arrays ``features`` (y, x, feature)
+and ``valid_fraction`` (y, x), with tile-centre coordinates ``y``/``x``, feature names
+``feature`` and the grid mapping ``spatial_ref`` of :mod:`pipeline.coords`, consolidated, so
+``xarray.open_zarr(group, decode_coords="all")`` opens it georeferenced; attrs
+``feature_spec``, ``grid``, ``survey_id``, ``source_sha256``, ``complete``), into a temporary
+group renamed into place when complete.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ import numpy as np
 
 from pipeline.bands import LUMA, band_positions, normalized_difference, pixel_scale
 from pipeline.blocks import map_tile_blocks, resolve_client, store_blocks
-from pipeline.errors import InputError
+from pipeline.coords import TILE_DIMS, add_tile_coordinates, grid_mapping_attrs
+from pipeline.errors import InputError, command
 from pipeline.tiling import DEFAULT_TILE_SIZE, TRAINING_STRIDE, TileGrid, gather_tiles
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -452,6 +456,11 @@ def features_dask(
 # ----------------------------------------------------------------------------------------------
 # The store
 # ----------------------------------------------------------------------------------------------
+#: The name of the features array in a features group (stores written before 2026-12 call it
+#: "values", which xarray's Dataset.values hides; both are read).
+FEATURES_ARRAY = "features"
+
+
 def features_path(survey_id: str, spec: str | FeatureSpec = "default", stride: int = TRAINING_STRIDE, size: int = DEFAULT_TILE_SIZE) -> str:
     """Path inside ``store.zarr`` of a survey's features: ``features/<survey>/<spec_id>/size<S>_stride<T>``."""
     return f"features/{survey_id}/{get_spec(spec).id}/size{int(size)}_stride{int(stride)}"
@@ -530,17 +539,18 @@ def compute_features(
         "feature_spec": spec.to_dict(),
         "grid": grid.to_dict(),
     }
-    with store.new_group(path, attributes) as group:
+    with store.new_group(path, attributes, consolidate=True) as group:  # consolidated: xarray opens it in one read
         chunks = (tiles_per_block[0], tiles_per_block[1])
         common = dict(compressors=zarr.codecs.ZstdCodec(level=3))
         values = group.create_array(
-            "values",
+            FEATURES_ARRAY,
             shape=(*grid.shape, spec.n_features),
             chunks=(*chunks, spec.n_features),
             dtype=np.float32,
             fill_value=np.nan,
-            dimension_names=["tile_row", "tile_col", "feature"],
-            attributes={"feature_names": list(spec.names), "units": "see the feature spec"},
+            dimension_names=[*TILE_DIMS, "feature"],
+            attributes={"feature_names": list(spec.names), "units": "see the feature spec",
+                        "long_name": f"tile features ({spec.id})", **grid_mapping_attrs(grid)},
             **common,
         )
         fraction = group.create_array(
@@ -549,10 +559,13 @@ def compute_features(
             chunks=chunks,
             dtype=np.float32,
             fill_value=0.0,
-            dimension_names=["tile_row", "tile_col"],
-            attributes={"description": "fraction of the tile's pixels that are not nodata"},
+            dimension_names=list(TILE_DIMS),
+            attributes={"description": "fraction of the tile's pixels that are not nodata", **grid_mapping_attrs(grid)},
             **common,
         )
+        names = group.create_array("feature", shape=(spec.n_features,), dtype=str, dimension_names=["feature"])
+        names[:] = np.array(spec.names)
+        add_tile_coordinates(group, grid)
         # Each task computes one block of tiles and writes its own Zarr chunks: nothing is
         # gathered on the driver or persisted whole on the workers.
         store_blocks(packed, _unpack, [values, fraction], client, f"features {survey_id}")
@@ -581,8 +594,8 @@ def open_features(
         path,
         f"no complete features for survey {survey_id} with spec {spec.id}, tile size {size} and "
         f"stride {stride} in the store at {store.root} (available for this survey: "
-        f"{', '.join(available) or 'none'}); compute them with `damwatch features {survey_id} "
-        f"--spec {spec.name} --size {size} --stride {stride}`",
+        f"{', '.join(available) or 'none'}); compute them with "
+        f"{command('features', survey_id, '--spec', spec.name, '--size', size, '--stride', stride, store=store)}",
     )
     stored_spec = FeatureSpec.from_dict(dict(group.attrs["feature_spec"]))
     grid = TileGrid.from_dict(dict(group.attrs["grid"]))
@@ -590,7 +603,7 @@ def open_features(
         survey_id=survey_id,
         spec=stored_spec,
         grid=grid,
-        values=group["values"],
+        values=group[FEATURES_ARRAY] if FEATURES_ARRAY in group else group["values"],  # "values": stores before 2026-12
         valid_fraction=np.asarray(group["valid_fraction"][...]),
         path=path,
     )

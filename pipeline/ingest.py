@@ -29,11 +29,9 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import rasterio
-import zarr
 from affine import Affine
 from rasterio.errors import RasterioError, RasterioIOError
 from rasterio.windows import Window
-from zarr.codecs import ZstdCodec
 
 from pipeline import __version__
 from pipeline.bands import band_moments, merge_moments, moments_summary
@@ -45,8 +43,12 @@ from pipeline.tiling import DEFAULT_TILE_SIZE
 
 if TYPE_CHECKING:  # pragma: no cover
     import distributed
+    import zarr
 
-__all__ = ["DEFAULT_CHUNK_EDGE", "IngestResult", "ingest", "check_input"]
+# zarr (~0.2 s) is imported where arrays are written: the command line imports this module to
+# check its input, and a refusal must answer at once.
+
+__all__ = ["DEFAULT_CHUNK_EDGE", "IngestResult", "ingest", "check_input", "check_replacing"]
 
 DEFAULT_CHUNK_EDGE = 1024  # 8 x 8 default tiles per chunk; a multiple of 256- and 512-pixel blocks
 TASK_BYTES = 32 * 2**20  # raw bytes one ingest task reads and writes (~0.1-0.3 s of work)
@@ -160,6 +162,34 @@ def check_input(path: str | os.PathLike, bands: Sequence[str] | None = None) -> 
     _inspect(Path(path), bands)
 
 
+def check_replacing(
+    store: Store,
+    survey_id: str,
+    path: str | os.PathLike,
+    sha256: str,
+    bands: Sequence[str] | None = None,
+    overwrite: bool = False,
+) -> Literal["new", "unchanged", "replaced"]:
+    """What ingesting ``path`` (content hash ``sha256``) as ``survey_id`` would do; refuses a
+    different file under an existing id without ``overwrite`` (:class:`StoreError`).
+
+    The command line calls it before Prefect or a cluster starts, so a refusal costs a hash.
+    """
+    if survey_id not in store.survey_ids():
+        return "new"
+    existing = store.survey(survey_id)
+    if existing.source_sha256 == sha256 and (bands is None or tuple(bands) == existing.bands):
+        return "unchanged"
+    if not overwrite:
+        raise StoreError(
+            f"survey {survey_id} already exists in {store.root}, ingested from "
+            f"{existing.source_name} (sha256 {existing.source_sha256[:12]}…), and {Path(path).name} "
+            f"(sha256 {sha256[:12]}…) differs; pass --overwrite to replace it, or ingest under "
+            f"another --area or --date"
+        )
+    return "replaced"
+
+
 def _chunk_edge(source: _Source, requested: int) -> int:
     """The Zarr chunk edge: a multiple of the tile edge, never larger than the raster needs."""
     if requested % DEFAULT_TILE_SIZE:
@@ -219,6 +249,8 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
     except RasterioError as exc:
         return f"rows {r0}-{r1}, columns {c0}-{c1}: {exc}"
     valid = _valid_mask(pixels, nodata)
+    import zarr
+
     try:
         group = zarr.open_group(group_path, mode="r+")
         group["image"][:, r0:r1, c0:c1] = pixels
@@ -234,6 +266,8 @@ def _copy_strip(source_path: str, group_path: str, nodata: float | None, strip: 
 
 def _create_arrays(group: "zarr.Group", source: _Source, edge: int) -> None:
     """The survey's arrays in ``group``: image and valid (to be filled), coordinates, grid mapping."""
+
+    from zarr.codecs import ZstdCodec
 
     compressor = ZstdCodec(level=3)
     fill = source.nodata if source.nodata is not None else 0
@@ -284,6 +318,9 @@ def _create_arrays(group: "zarr.Group", source: _Source, edge: int) -> None:
             },
         )
         arr[:] = coords
+    names = group.create_array("band", shape=(source.count,), dtype=str, dimension_names=["band"],
+                               attributes={"long_name": "band name"})
+    names[:] = np.array(source.band_names)  # a coordinate: ds.image.sel(band="nir") in xarray
     ref = group.create_array(
         "spatial_ref",
         shape=(),
@@ -331,16 +368,8 @@ def ingest(
     hasher.shutdown(wait=False)
     existing = store.survey(survey_id) if survey_id in store.survey_ids() else None
     if existing is not None:
-        sha = sha_future.result()
-        if existing.source_sha256 == sha and (bands is None or tuple(bands) == existing.bands):
+        if check_replacing(store, survey_id, path, sha_future.result(), bands, overwrite) == "unchanged":
             return IngestResult(existing, "unchanged")
-        if not overwrite:
-            raise StoreError(
-                f"survey {survey_id} already exists in {store.root}, ingested from "
-                f"{existing.source_name} (sha256 {existing.source_sha256[:12]}…), and {path.name} "
-                f"(sha256 {sha[:12]}…) differs; pass --overwrite to replace it, or ingest under "
-                f"another --area or --date"
-            )
 
     attrs = {
         "area": area,

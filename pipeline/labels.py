@@ -47,6 +47,7 @@ import contextlib
 import datetime as dt
 import functools
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +59,8 @@ from rasterio.windows import Window
 from rasterio.windows import transform as window_transform
 
 from pipeline.blocks import compute_with_progress, map_tile_blocks, resolve_client, store_blocks
-from pipeline.errors import InputError
+from pipeline.coords import TILE_DIMS, add_tile_coordinates, grid_mapping_attrs
+from pipeline.errors import InputError, command
 from pipeline.expressions import evaluate_expression, parse_expression
 from pipeline.files import jsonable, parse_date
 from pipeline.geojson import parse_crs, read_features, select_features, single_parts
@@ -424,6 +426,11 @@ def _decide(block: np.ndarray, min_fraction: float, min_valid: float) -> list[np
 # ----------------------------------------------------------------------------------------------
 # The store
 # ----------------------------------------------------------------------------------------------
+#: The name of the labels array in a labels group (stores written before 2026-12 call it
+#: "values", which xarray's Dataset.values hides; both are read).
+LABELS_ARRAY = "labels"
+
+
 def labels_path(survey_id: str, name: str = "default", stride: int = TRAINING_STRIDE, size: int = DEFAULT_TILE_SIZE) -> str:
     """Path inside ``store.zarr``: ``labels/<survey_id>/<name>/size<S>_stride<T>``."""
     return f"labels/{survey_id}/{name}/size{int(size)}_stride{int(stride)}"
@@ -450,17 +457,19 @@ def _labels_group(store: "Store", labels: TileLabels, source_sha256: str | None,
     grid = labels.grid
     path = labels_path(labels.survey_id, labels.name, grid.stride, grid.size)
     attributes: dict[str, Any] = {}
-    with store.new_group(path, attributes) as group:
+    with store.new_group(path, attributes, consolidate=True) as group:  # consolidated: one read opens it
         target = group.create_array(
-            "values",
+            LABELS_ARRAY,
             shape=grid.shape,
             dtype=np.int8,
             chunks=tuple(int(c) for c in chunks),
             fill_value=UNKNOWN,
             compressors=zarr.codecs.ZstdCodec(level=3),
-            dimension_names=["tile_row", "tile_col"],
-            attributes={"flag_values": [1, 0, -1], "flag_meanings": "positive negative unknown"},
+            dimension_names=list(TILE_DIMS),
+            attributes={"flag_values": [1, 0, -1], "flag_meanings": "positive negative unknown",
+                        "long_name": f"tile labels {labels.name!r}", **grid_mapping_attrs(grid)},
         )
+        add_tile_coordinates(group, grid)
         yield target
         attributes.update(
             survey_id=labels.survey_id,
@@ -470,6 +479,27 @@ def _labels_group(store: "Store", labels: TileLabels, source_sha256: str | None,
             source_sha256=source_sha256,
         )
     labels.path = path
+
+
+def _remake_hint(store: "Store", survey_id: str, name: str, stride: int, size: int, available: list[str]) -> str:
+    """How to make the missing labels: the same band expression on the asked grid when labels of
+    this name were made from one on another grid, else where to read how."""
+    for found in available:
+        if found.split("/")[0] != name:
+            continue
+        report = dict(store.open_group(f"labels/{survey_id}/{found}").attrs.get("report") or {})
+        if report.get("expression"):
+            words = ["labels", survey_id, "--expr", report["expression"], "--min-fraction",
+                     f"{float(report.get('min_fraction', 0.2)):g}", "--name", name, "--size", size, "--stride", stride]
+            valid = re.search(r"valid fraction < ([0-9.eE+-]+)", str(report.get("rule", "")))
+            if valid:
+                words[6:6] = ["--min-valid", valid.group(1)]
+            return f"make them with {command(*words, store=store)}"
+    return (
+        f"make them with damwatch labels from a GeoJSON file (--from FILE) or a band expression "
+        f"(--expr EXPR) with --name {name} --size {size} --stride {stride} "
+        f"({command('labels', '--help')} shows both)"
+    )
 
 
 def open_labels(
@@ -486,14 +516,13 @@ def open_labels(
         path,
         f"no labels {name!r} for survey {survey_id} with tile size {size} and stride {stride} in "
         f"the store at {store.root} (available for this survey: {', '.join(available) or 'none'}); "
-        f"make them with `damwatch labels {survey_id} --from FILE --size {size} --stride {stride}` "
-        f"or `--expr EXPR`",
+        + _remake_hint(store, survey_id, name, stride, size, available),
     )
     attrs = dict(group.attrs)
     return TileLabels(
         survey_id=survey_id,
         grid=TileGrid.from_dict(attrs["grid"]),
-        values=np.asarray(group["values"][...], dtype=np.int8),
+        values=np.asarray(group[LABELS_ARRAY if LABELS_ARRAY in group else "values"][...], dtype=np.int8),
         source=attrs["source"],
         name=name,
         report=dict(attrs.get("report") or {}),

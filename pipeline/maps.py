@@ -34,6 +34,7 @@ __all__ = [
     "sample_tiles",
     "cell_centres",
     "probability_map",
+    "cells_beyond",
 ]
 
 #: Nodata of probability rasters: NaN, never a valid probability.
@@ -148,3 +149,23 @@ def probability_map(
     rr, cc = np.meshgrid(centres_r, centres_c, indexing="ij")
     values = sample_tiles(probabilities, tile_edges(grid), rr, cc).astype(np.float32)
     return values, grid.transform * Affine.scale(cell)
+
+
+def cells_beyond(transform: Affine, shape: tuple[int, int], bounds: tuple[float, float, float, float]) -> np.ndarray:
+    """(h, w) bool: the cells of a north-up raster whose centre lies outside ``bounds``.
+
+    ``bounds`` is (left, bottom, right, top) in the raster's CRS, e.g. a survey's extent. Such a
+    cell describes ground the survey never saw and must be nodata, however its value was
+    sampled: a map of ``ceil(width / cell)`` cells overhangs the survey by up to a cell, and
+    without this its last column and row would carry values up to a cell beyond the edge. A
+    cell with its centre inside (at least half of it on the survey) keeps its value, so at most
+    half a cell of data-bearing raster lies beyond the edge and no edge strip is lost. The
+    rule is GDAL's own for rasterizing (a pixel is in a polygon when its centre is).
+    """
+    h, w = shape
+    xs = transform.c + transform.a * (np.arange(w) + 0.5)
+    ys = transform.f + transform.e * (np.arange(h) + 0.5)
+    left, bottom, right, top = bounds
+    outside_x = (xs < left) | (xs > right)
+    outside_y = (ys < bottom) | (ys > top)
+    return outside_y[:, None] | outside_x[None, :]

@@ -9,13 +9,17 @@ at all, ``provenance.json`` last) holding, for a **detection** (:func:`write_det
   ``footprints.geojson``  each detection's footprint polygon (the same ids)
   ``quicklook.png``       the probabilities and detections over the imagery
   ``metrics.json``        with a ground truth: object and cell scores (:mod:`pipeline.evaluate`)
+  ``*.stac.json``         a STAC item for the map and one for the detections (:mod:`pipeline.stac`)
 
 and for a **change** between two dates (:func:`write_change_maps`):
 
   ``change.tif``          class codes (0 none, 1 new, 2 gone, 3 persisting, 4 uncertain,
-                          255 nodata) with a colour table, drawn from the objects
+                          255 nodata) drawn from the objects, with a colour table;
+                          ``change.tif.aux.xml`` names the classes (category names and a raster
+                          attribute table, for QGIS's legend)
   ``change.geojson``      one point per change object with its class and both probabilities
   ``change.png``          before, after and change side by side
+  ``change.stac.json``    a STAC item for the change
   ``metrics.json``        with a ground truth: object scores per class, the confusion table,
                           and cell scores
 
@@ -30,10 +34,9 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from matplotlib.colors import BoundaryNorm, ListedColormap
 from rasterio.warp import transform as warp_transform
 
-from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, NONE, PERSISTING, UNCERTAIN, ChangeResult
+from pipeline.change import CLASS_COLOURS, CLASS_NAMES, GONE, NEW, NODATA, PERSISTING, UNCERTAIN, ChangeResult
 from pipeline.detections import CONFIDENCE_LEVELS, Points, confidence_class, find_peaks, footprints
 from pipeline.errors import InputError
 from pipeline.evaluate import (
@@ -46,10 +49,11 @@ from pipeline.evaluate import (
 )
 from pipeline.files import file_sha256
 from pipeline.geojson import feature, feature_collection, to_wgs84
-from pipeline.maps import PROBABILITY_NODATA
+from pipeline.maps import PROBABILITY_NODATA, cells_beyond
 from pipeline.outputs import output_folder
 from pipeline.provenance import base_provenance, model_provenance, survey_provenance
-from pipeline.render import render_quicklook, survey_thumbnail, write_cog
+from pipeline.render import PROBABILITY_CMAP, class_rings, outline_rings, render_quicklook, survey_thumbnail, write_cog
+from pipeline.stac import MEDIA_TYPES, model_item_file, write_item, write_model_item
 from pipeline.truth import read_truth
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,11 +69,23 @@ DETECTION_FILES = {
     "footprints": "footprints.geojson",
     "quicklook": "quicklook.png",
     "metrics": "metrics.json",
+    "probability_item": "probability.stac.json",
+    "detections_item": "detections.stac.json",
+}
+
+#: How a probability COG's band reads in QGIS and gdalinfo (render.write_cog's keywords).
+PROBABILITY_BAND = {
+    "band_description": "probability",
+    "units": "0-1",
+    "band_tags": {"long_name": "probability that a target lies in the window centred on the cell",
+                  "valid_min": "0", "valid_max": "1"},
 }
 
 #: File names inside a change output folder.
 CHANGE_FILES = {
     "change": "change.tif",
+    "categories": "change.tif.aux.xml",
+    "change_item": "change.stac.json",
     "geojson": "change.geojson",
     "quicklook": "change.png",
     "metrics": "metrics.json",
@@ -141,9 +157,12 @@ def write_detection_maps(
     detections = detections_of(pm, threshold)
     metrics = None
     with output_folder(out_dir, DETECTION_FILES, provenance, overwrite) as folder:
-        write_cog(folder.path("probability"), pm.values, pm.transform, pm.crs, PROBABILITY_NODATA,
+        values = np.array(pm.values, dtype=np.float32)
+        values[cells_beyond(pm.transform, values.shape, survey.bounds)] = PROBABILITY_NODATA
+        write_cog(folder.path("probability"), values, pm.transform, pm.crs, PROBABILITY_NODATA,
                   tags={"survey_id": survey.id, "model_id": pm.model_id,
-                        "rule": "probability of a target in the window centred on the cell"})
+                        "rule": "probability of a target in the window centred on the cell"},
+                  **PROBABILITY_BAND)
         lon, lat = _lonlat(detections.x, detections.y, pm.crs)
         shapes = footprints(pm.values, pm.transform, detections, threshold, radius)
         points, polygons = [], []
@@ -161,15 +180,17 @@ def write_detection_maps(
             folder.path("quicklook"),
             [{
                 "title": f"probability ({pm.cell_m:g} m cells), {len(detections)} detections ≥ {threshold:.2f}",
-                "image": thumb, "image_transform": thumb_transform,
-                "overlay": pm.values, "overlay_transform": pm.transform, "cmap": "magma",
-                "vmin": 0.0, "vmax": 1.0, "alpha": 0.5, "mask_below": min(0.2, threshold),
+                "image": thumb, "image_transform": thumb_transform, "grey": True,
+                "overlay": pm.values, "overlay_transform": pm.transform, "cmap": PROBABILITY_CMAP,
+                "vmin": 0.0, "vmax": 1.0, "alpha": 0.7, "mask_below": min(0.2, threshold),
                 "colorbar": "probability",
+                "outlines": outline_rings(feature_collection(polygons), pm.crs), "outline_color": "black",
                 "points": [(detections.x, detections.y, "cyan", "detection")],
             }],
-            title=f"{survey.id} — model {pm.model_id}",
+            title=f"{survey.id} — model {pm.model_id}", crs=pm.crs,
         )
         provenance["n_detections"] = len(detections)
+        _detection_items(store, folder, survey, pm)
         if truth_data is not None:
             candidates = find_peaks(pm.values, pm.transform, radius, CANDIDATE_FLOOR)
             metrics = evaluate_detections(candidates, pm.crs, truth_data, threshold, radius, pm.scored_area_km2,
@@ -217,6 +238,7 @@ def write_change_maps(
             colormap=CLASS_COLOURS, resampling="nearest",
             tags={"classes": "0 none, 1 new, 2 gone, 3 persisting, 4 uncertain, 255 nodata",
                   "before": before_s.id, "after": after_s.id, "model_id": result.before.model_id},
+            band_description="change class", categories=CLASS_NAMES,
         )
         lon, lat = _lonlat(result.x, result.y, result.crs)
         objects = []
@@ -230,6 +252,7 @@ def write_change_maps(
             objects.append(feature(to_wgs84({"type": "Point", "coordinates": [float(x), float(y)]}, result.crs), props, id=i))
         folder.write_json("geojson", feature_collection(objects))
         _render_change(folder.path("quicklook"), result, before_s, after_s, client)
+        _change_item(store, folder, result, before_s, after_s)
         if truth_data is not None:
             reported = np.isin(result.classes, (NEW, GONE, PERSISTING))
             predicted = ChangeObjects(result.x[reported], result.y[reported],
@@ -241,30 +264,92 @@ def write_change_maps(
     return _result_files(folder.written(), {"counts": result.counts(), "metrics": metrics})
 
 
+def _stac_sources(store: "Store", surveys: list["Survey"], model_id: str) -> list[dict[str, str]]:
+    """derived_from links of an output: its surveys in the store and its model's STAC item."""
+    sources = [{"href": str(store.survey_dir(s.id)), "title": f"survey {s.id} ({s.source_name})",
+                "type": MEDIA_TYPES[".zarr"]} for s in surveys]
+    model_item = model_item_file(store.models_dir, model_id)
+    if (store.models_dir / f"{model_id}.json").is_file():
+        if not model_item.is_file():
+            write_model_item(store.models_dir, model_id, training_footprints(store, model_id))
+        sources.append({"href": str(model_item), "title": f"model {model_id}", "type": "application/geo+json"})
+    return sources
+
+
+def training_footprints(store: "Store", model_id: str) -> list[tuple[tuple[float, ...], Any]]:
+    """(bounds, crs) of the surveys a stored model was trained on that the store still holds."""
+    import json
+
+    meta = json.loads((store.models_dir / f"{model_id}.json").read_text())
+    surveys = ((meta.get("metadata") or {}).get("training") or {}).get("surveys") or []
+    ids = [s.get("id") for s in surveys if isinstance(s, dict)]
+    return [(store.survey(i).bounds, store.survey(i).crs) for i in ids if i in store.survey_ids()]
+
+
+def _detection_items(store: "Store", folder: Any, survey: "Survey", pm: "ProbabilityMap") -> None:
+    sources = _stac_sources(store, [survey], pm.model_id)
+    common = dict(bounds=survey.bounds, crs=survey.crs, datetime=survey.date, sources=sources,
+                  extra_assets={"overview": {"path": folder.path("quicklook"), "title": "quicklook", "roles": ["overview"]},
+                                "provenance": {"path": folder.path("provenance"), "title": "provenance", "roles": ["metadata"]}})
+    write_item(folder.path("probability"), path=folder.path("probability_item"), item_id=f"{survey.id}-probability-{pm.model_id}",
+               title=f"probability map of {survey.id}, model {pm.model_id}",
+               description=f"Probability (0-1) that a target lies in the model's {pm.footprint_m:g} m window centred on "
+                           f"each {pm.cell_m:g} m cell; nodata where the window is mostly outside the survey's data.",
+               transform=pm.transform, shape=pm.values.shape, **common)
+    write_item(folder.path("detections"), path=folder.path("detections_item"), item_id=f"{survey.id}-detections-{pm.model_id}",
+               title=f"detections in {survey.id}, model {pm.model_id}",
+               description="Detections (RFC 7946 GeoJSON points, WGS84): the peaks of the probability map at or above "
+                           "the threshold, with their probability and a confidence class.",
+               **common)
+
+
+def _change_item(store: "Store", folder: Any, result: ChangeResult, before: "Survey", after: "Survey") -> None:
+    h, w = result.classes_map.shape
+    left, top = result.transform * (0, 0)
+    right, bottom = result.transform * (w, h)
+    bounds = (max(left, before.bounds[0], after.bounds[0]), max(bottom, before.bounds[1], after.bounds[1]),
+              min(right, before.bounds[2], after.bounds[2]), min(top, before.bounds[3], after.bounds[3]))
+    model_id = result.before.model_id
+    write_item(
+        folder.path("change"), path=folder.path("change_item"), item_id=f"{before.id}..{after.id}-change-{model_id}",
+        title=f"change {before.id} -> {after.id}, model {model_id}",
+        description="New, gone and persisting objects between two dates: class codes (COG with category names) "
+                    "and one point per object (GeoJSON).",
+        bounds=bounds, crs=result.crs, start=before.date, end=after.date, transform=result.transform, shape=(h, w),
+        sources=_stac_sources(store, [before, after], model_id),
+        extra_assets={
+            "vector": {"path": folder.path("geojson"), "title": "change objects (GeoJSON)", "roles": ["data"]},
+            "categories": {"path": folder.path("categories"), "title": "class names (GDAL PAM)", "roles": ["metadata"]},
+            "overview": {"path": folder.path("quicklook"), "title": "quicklook", "roles": ["overview"]},
+            "provenance": {"path": folder.path("provenance"), "title": "provenance", "roles": ["metadata"]},
+        },
+        properties={"damwatch:counts": result.counts()},
+    )
+
+
 def _render_change(path: os.PathLike, result: ChangeResult, before: "Survey", after: "Survey", client: Any) -> None:
     panels = []
     for survey, pm in ((before, result.before), (after, result.after)):
         thumb, thumb_transform = survey_thumbnail(survey, client=client)
         panels.append({
             "title": f"{survey.id}: probability",
-            "image": thumb, "image_transform": thumb_transform,
-            "overlay": pm.values, "overlay_transform": pm.transform, "cmap": "magma",
-            "vmin": 0.0, "vmax": 1.0, "alpha": 0.5, "mask_below": result.thresholds.low,
+            "image": thumb, "image_transform": thumb_transform, "grey": True,
+            "overlay": pm.values, "overlay_transform": pm.transform, "cmap": PROBABILITY_CMAP,
+            "vmin": 0.0, "vmax": 1.0, "alpha": 0.7, "mask_below": result.thresholds.low,
             "colorbar": "probability",
         })
-    codes = result.classes_map.astype(np.float64)
-    codes[(result.classes_map == NODATA) | (result.classes_map == NONE)] = np.nan
-    colours = [np.array(CLASS_COLOURS[c][:3]) / 255 for c in (NONE, NEW, GONE, PERSISTING, UNCERTAIN)]
     counts = result.counts()
-    groups = [(result.x[result.classes == c], result.y[result.classes == c], np.array(CLASS_COLOURS[c][:3]) / 255, CLASS_NAMES[c])
-              for c in (NEW, GONE, PERSISTING) if (result.classes == c).any()]
+    # The change is drawn as outlined shapes with a light fill, so the imagery stays visible,
+    # and each object as a marker of its class's colour.
+    colour = {c: tuple(np.array(CLASS_COLOURS[c][:3]) / 255) for c in (NEW, GONE, PERSISTING, UNCERTAIN)}
     panels.append({
-        "title": "change: " + ", ".join(f"{n} {counts[n]}" for n in ("new", "gone", "persisting")),
-        "image": panels[1]["image"], "image_transform": panels[1]["image_transform"],
-        "overlay": codes, "overlay_transform": result.transform,
-        "cmap": ListedColormap(colours), "norm": BoundaryNorm([-0.5, 0.5, 1.5, 2.5, 3.5, 4.5], 5),
-        "alpha": 0.45, "colorbar": "class",
-        "ticks": [0, 1, 2, 3, 4], "ticklabels": ["none", "new", "gone", "persisting", "uncertain"],
-        "points": groups,
+        "title": "change: " + ", ".join(f"{n} {counts[n]}" for n in ("new", "gone", "persisting", "uncertain")),
+        "image": panels[1]["image"], "image_transform": panels[1]["image_transform"], "grey": True,
+        "shapes": [
+            {"rings": class_rings(result.classes_map, result.transform, code), "colour": colour[code],
+             "label": f"{CLASS_NAMES[code]} ({counts[CLASS_NAMES[code]]})"}
+            for code in (NEW, GONE, PERSISTING, UNCERTAIN) if (result.classes == code).any()
+        ],
     })
-    render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}")
+    render_quicklook(path, panels, title=f"change {before.id} → {after.id}, model {result.before.model_id}",
+                     crs=result.crs)

@@ -15,6 +15,7 @@ A *survey* is one georeferenced raster of one area on one date (:mod:`pipeline.i
 it from a GeoTIFF), the group ``surveys/<area>-<date>``::
 
     image        (band, y, x)  the pixels, source dtype, zstd, chunks (all bands, E, E)
+    band         (band,) str   band names, a coordinate (surveys ingested before 2026-12 lack it)
     valid        (y, x) bool   false where any band is nodata (or NaN, ±inf)
     y, x         (y,), (x,)    pixel-centre coordinates in the survey's CRS
     spatial_ref  ()            CF grid mapping: ``crs_wkt``, ``spatial_ref``, ``GeoTransform``
@@ -54,7 +55,7 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.transform import array_bounds
 
-from pipeline.errors import InputError, StoreError
+from pipeline.errors import InputError, StoreError, command
 from pipeline.files import owned_name, staged_directory, sweep_owned
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -255,8 +256,9 @@ class Store:
             self.ensure()
         elif not self.zarr_path.exists():
             raise StoreError(
-                f"store {self.root} holds no data yet; ingest a survey first with "
-                f"`damwatch ingest FILE --area AREA --date YYYY-MM-DD --store {self.root}`"
+                f"store {self.root} holds no data yet; ingest a survey into it first "
+                f"({command('ingest', '--help')} shows how), or pass --store to point at the "
+                f"right store"
             )
         return zarr.open_group(self.zarr_path, path=path, mode=mode, zarr_format=3)
 
@@ -339,9 +341,9 @@ class Store:
             known = self.survey_ids()
             hint = f"known surveys: {', '.join(known)}" if known else "the store holds no surveys yet"
             raise StoreError(
-                f"survey {survey_id!r} is not in store {self.root} ({hint}); ingest it with "
-                f"`damwatch ingest FILE --area AREA --date YYYY-MM-DD`, or pass --store to "
-                f"point at the right store"
+                f"survey {survey_id!r} is not in store {self.root} ({hint}); ingest it first "
+                f"({command('ingest', '--help')} shows how), or pass --store to point at the "
+                f"right store"
             )
         return _survey_from_attrs(survey_id, _attributes(path), self.zarr_path)
 

@@ -43,7 +43,7 @@ from ann.network import MLP
 from ann.shards import ShardedSource, ShardPlan
 from ann.train import History, TrainConfig, class_sample_weights, fit
 from pipeline.cluster import cluster_address, dask_client
-from pipeline.errors import InputError
+from pipeline.errors import InputError, command
 from pipeline.examples import (
     REGION_NAMES,
     TEST,
@@ -286,7 +286,7 @@ def train_model(
     started = time.perf_counter()
     survey_ids = list(dict.fromkeys(survey_ids))
     if not survey_ids:
-        raise InputError("no survey to train on; give at least one survey id (see `damwatch surveys`)")
+        raise InputError(f"no survey to train on; give at least one survey id ({command('surveys', store=store)} lists them)")
     if not isinstance(settings, TrainingSettings):
         raise ConfigError(f"settings must be a pipeline.training.TrainingSettings, got {type(settings).__name__}")
     for survey_id in survey_ids:
@@ -307,7 +307,8 @@ def train_model(
             raise InputError(
                 f"the {name} region of {', '.join(survey_ids)} has {c['tiles']} labelled tiles, "
                 f"{c['positive']} of them positive; training needs both classes there. Label more of "
-                f"the surveys (`damwatch labels`), add surveys, or change the hold-out fractions"
+                f"the surveys ({command('labels', '--help')} shows how), add surveys, or change the "
+                f"hold-out fractions"
             )
     notes = []
     if len(test) == 0:

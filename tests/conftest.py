@@ -32,6 +32,10 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 _PREFECT_HOME = tempfile.mkdtemp(prefix="damwatch-test-prefect-")
 atexit.register(functools.partial(shutil.rmtree, _PREFECT_HOME, ignore_errors=True))
 os.environ["PREFECT_HOME"] = _PREFECT_HOME
+# A damwatch server the user started (flows/server.py) must never receive the tests' runs.
+_DAMWATCH_HOME = tempfile.mkdtemp(prefix="damwatch-test-home-")
+atexit.register(functools.partial(shutil.rmtree, _DAMWATCH_HOME, ignore_errors=True))
+os.environ["DAMWATCH_HOME"] = _DAMWATCH_HOME
 
 REPO = Path(__file__).resolve().parents[1]
 NAIP_DIR = Path(os.environ.get("DAMWATCH_SHARED_DATA", REPO.parent / "shared" / "data")) / "naip"
@@ -74,3 +78,53 @@ def prefect():
 
     with prefect_test_harness(server_startup_timeout=60):
         yield PREFECT_API_URL.value()
+
+
+STAC_SCHEMAS = REPO / "tests" / "data" / "stac-schemas"
+
+
+@pytest.fixture(scope="session")
+def stac_schema_map() -> dict[str, str]:
+    """Schema URL -> local file for every schema damwatch's STAC files need (tests/data/stac-schemas)."""
+    import pystac
+
+    bundled = Path(pystac.__file__).parent / "validation" / "jsonschemas"
+    core = "https://schemas.stacspec.org/v1.1.0"
+    mapping = {f"{core}/item-spec/json-schema/{f.name}": str(f) for f in (bundled / "stac-spec" / "v1.1.0").glob("*.json")}
+    mapping[f"{core}/catalog-spec/json-schema/catalog.json"] = str(bundled / "stac-spec" / "v1.1.0" / "catalog.json")
+    mapping[f"{core}/collection-spec/json-schema/collection.json"] = str(bundled / "stac-spec" / "v1.1.0" / "collection.json")
+    for name in ("Feature", "Geometry"):
+        mapping[f"https://geojson.org/schema/{name}.json"] = str(bundled / "geojson" / f"{name}.json")
+    ext = "https://stac-extensions.github.io"
+    mapping[f"{ext}/projection/v2.0.0/schema.json"] = str(STAC_SCHEMAS / "projection-v2.0.0.json")
+    mapping[f"{ext}/mlm/v1.4.0/schema.json"] = str(STAC_SCHEMAS / "mlm-v1.4.0.json")
+    mapping[f"{ext}/raster/v1.1.0/schema.json"] = str(STAC_SCHEMAS / "raster-v1.1.0.json")
+    mapping[f"{ext}/eo/v1.1.0/schema.json"] = str(STAC_SCHEMAS / "eo-v1.1.0.json")
+    mapping["https://proj.org/schemas/v0.7/projjson.schema.json"] = str(STAC_SCHEMAS / "projjson-v0.7.json")
+    return mapping
+
+
+@pytest.fixture(scope="session")
+def stac_validate(stac_schema_map):
+    """``validate(path) -> list[dict]``: stac-validator's report of one STAC file, offline.
+
+    Runs the ``stac-validator`` command (the real tool) with a ``--schema-map`` for every
+    schema, so nothing is fetched; asserts nothing itself.
+    """
+    import json
+    import subprocess
+    import sys
+
+    executable = Path(sys.executable).parent / "stac-validator"
+
+    def validate(path) -> list[dict]:
+        args = [str(executable), "validate", str(path)]
+        for url, local in stac_schema_map.items():
+            args += ["--schema-map", url, local]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120)
+        start = done.stdout.find("[")  # the report is a JSON list between a greeting and a timing line
+        if start < 0:
+            return [{"valid_stac": False, "error": done.stdout + done.stderr}]
+        return json.JSONDecoder().raw_decode(done.stdout[start:])[0]
+
+    return validate

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_store_argument", "add_cluster_arguments", "open_store", "prepare_flow_run", "stage_status"]
+__all__ = [
+    "add_store_argument", "add_cluster_arguments", "open_store", "prepare_flow_run", "run_flow", "stage_status",
+]
 
 
 def add_store_argument(parser: argparse.ArgumentParser) -> None:
@@ -42,21 +44,38 @@ def open_store(args: argparse.Namespace):
 def prepare_flow_run() -> None:
     """Set up this process to run a Prefect flow from the command line.
 
-    Without ``PREFECT_API_URL`` the flow runs on Prefect's temporary local server, which would
-    otherwise log telemetry errors offline; and bad input (a DamwatchError) reaches the user as
-    the CLI's one paragraph, not as a traceback in Prefect's log. Call it after importing the
-    flow (which configures Prefect's logging) and before calling it. The temporary server is
+    Call it once every input check has passed, before importing the flow: Prefect reads its
+    settings when first imported. Without ``PREFECT_API_URL`` in the environment the flow runs
+    on the damwatch server when one answers (:mod:`flows.server`), else on Prefect's temporary
+    local server, which would otherwise log telemetry errors offline; that temporary server is
     started here, tied to this process, so that killing the command never leaves it running
-    (:mod:`flows.prefect_server`).
+    (:mod:`flows.prefect_server`). Bad input found inside the flow (a DamwatchError) reaches the
+    user as the CLI's one paragraph, not as Prefect's ERROR lines and traceback.
     """
     import os
 
+    from flows.server import use_running_server
+
+    use_running_server()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.failures import hide_user_error_tracebacks
     from flows.prefect_server import tie_to_this_process
 
     hide_user_error_tracebacks()
     tie_to_this_process()
+
+
+def run_flow(flow, **parameters):
+    """Call a Prefect ``flow`` from the command line; its return value.
+
+    Without flow-run heartbeats: the command's process is in the foreground, so a crash is seen
+    and reported by the command itself, and the heartbeat thread's shutdown would add up to a
+    second to every command (measured in benchmarks/overhead.py).
+    """
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+        return flow(**parameters)
 
 
 def stage_status(summary: dict, stage: str, subject_prefix: str) -> str:

@@ -24,7 +24,8 @@ that run's maps. An --out that already holds results is refused unless --overwri
 into --out (default: the run's <store>/runs/<run_id>/change/<BEFORE>..<AFTER>), all or nothing:
 
   change.tif        COG of class codes (0 none, 1 new, 2 gone, 3 persisting, 4 uncertain,
-                    255 nodata) drawn from the objects, with a colour table
+                    255 nodata) drawn from the objects, with a colour table;
+                    change.tif.aux.xml names the classes for QGIS/GDAL
   change.geojson    RFC 7946: one point per object with its class and both probabilities
   change.png        before, after and change side by side
   provenance.json   input hashes, model id, thresholds, damwatch version
@@ -44,6 +45,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -55,8 +57,8 @@ ORDER = 41
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("before", metavar="BEFORE", help="survey id of the earlier date")
     parser.add_argument("after", metavar="AFTER", help="survey id of the later date")
-    parser.add_argument("--model", required=True,
-                        help="model id in the store, a model .json/.npz path, or 'latest' (the newest model)")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="model id in the store, 'latest' (the model saved last), or a model .json/.npz path")
     parser.add_argument("--stride", type=int, default=None, metavar="N",
                         help="a classic model's tile stride in pixels (default: 64; a cnn has its own grid)")
     parser.add_argument("--high", type=float, default=None, help="probability asserting a detection (default: the model's threshold t)")
@@ -103,7 +105,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.change import change_flow
 
-    summary = change_flow(
+    summary = run_flow(
+        change_flow,
         before=before.id, after=after.id, model=str(args.model), store=str(store.root), stride=args.stride,
         truth=args.truth, thresholds=thresholds.to_dict(), cluster=args.cluster, workers=args.workers,
         reproject=args.reproject, out=args.out, overwrite=args.overwrite, where=_where(args),

@@ -44,16 +44,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.commands._common import prepare_flow_run
-    from flows.demo import DEFAULT_SIZE, demo_flow
+    from flows.commands._common import prepare_flow_run, run_flow
     from pipeline.errors import InputError
 
-    size = args.size or DEFAULT_SIZE
-    if size < 1024:
-        raise InputError(f"--size {size} is too small for two areas with enough dams to score; give at least 1024 px")
+    if args.size is not None and args.size < 1024:
+        raise InputError(f"--size {args.size} is too small for two areas with enough dams to score; give at least 1024 px")
     if args.seed == args.eval_seed:
-        raise InputError(f"--seed and --eval-seed are both {args.seed}: the evaluation area must be another landscape; give another --eval-seed")
+        raise InputError(f"--seed and --eval-seed are both {args.seed}: the evaluation area must be another landscape; "
+                         f"give another --eval-seed, e.g. --eval-seed {args.seed + 1}")
     prepare_flow_run()
-    demo_flow(out=args.out, size=size, seed=args.seed, eval_seed=args.eval_seed, pixel_size=args.pixel_size,
-              workers=args.workers, cluster=args.cluster, classic=not args.no_classic)
+    from flows.demo import DEFAULT_SIZE, demo_flow
+
+    run_flow(demo_flow, out=args.out, size=args.size or DEFAULT_SIZE, seed=args.seed, eval_seed=args.eval_seed,
+             pixel_size=args.pixel_size, workers=args.workers, cluster=args.cluster, classic=not args.no_classic)
     return 0

@@ -44,24 +44,25 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
 NAME = "detect"
-HELP = "score a survey's tiles with a model; write probability COG, detections GeoJSON, quicklook"
+HELP = "score a survey with a model; write probability COG, detections GeoJSON, quicklook"
 ORDER = 40
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("survey", metavar="SURVEY", help="survey id in the store, e.g. creek-2024-06-01")
-    parser.add_argument("--model", required=True,
-                        help="model id in the store, a model .json/.npz path, or 'latest' (the newest model)")
+    parser.add_argument("--model", required=True, metavar="MODEL",
+                        help="model id in the store, 'latest' (the model saved last), or a model .json/.npz path")
     parser.add_argument("--model-type", choices=("cnn", "classic"), default=None,
                         help="refuse a model of the other family (default: accept either)")
     parser.add_argument("--stride", type=int, default=None, metavar="N",
                         help="a classic model's tile stride in pixels (default: 64; a cnn has its own grid)")
     parser.add_argument("--threshold", type=float, default=None, metavar="T",
-                        help="probability at which a tile is flagged (default: the model's threshold)")
+                        help="probability at which a peak of the map is reported as a detection (default: the model's threshold)")
     parser.add_argument("--out", metavar="DIR", default=None,
                         help="output directory (default: <store>/runs/<RUN_ID>/detect/<SURVEY>)")
     parser.add_argument("--truth", metavar="FILE", default=None,
@@ -94,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.detect import detect_flow
 
-    summary = detect_flow(
+    summary = run_flow(
+        detect_flow,
         surveys=[survey.id], model=str(args.model), store=str(store.root), stride=args.stride,
         threshold=args.threshold, truth=args.truth, cluster=args.cluster, workers=args.workers,
         out=args.out, overwrite=args.overwrite, where=_where(args),

@@ -31,6 +31,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -59,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.features import features_flow
 
-    summary = features_flow(
+    summary = run_flow(
+        features_flow,
         surveys=list(args.surveys), store=str(store.root), spec=args.spec, stride=args.stride, size=args.size,
         cluster=args.cluster, workers=args.workers, overwrite=args.overwrite,
     )

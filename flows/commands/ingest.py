@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, open_store, prepare_flow_run
+from flows.commands._common import add_cluster_arguments, add_store_argument, open_store, prepare_flow_run, run_flow
 
 NAME = "ingest"
 HELP = "ingest a GeoTIFF into the store as a georeferenced Zarr survey"
@@ -46,19 +46,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flows.ingest import ingest_flow
-    from pipeline.files import survey_id_for
-    from pipeline.ingest import check_input
+    from pipeline.files import file_sha256, survey_id_for
+    from pipeline.ingest import check_input, check_replacing
 
-    # Everything a user can get wrong in the arguments is checked before Prefect starts.
+    # Everything a user can get wrong is checked before Prefect or a cluster starts, including
+    # a different file under an existing survey id (one hash of the file, passed on).
     store = open_store(args)
     survey_id = survey_id_for(args.area, args.date)
     bands = args.bands.split(",") if args.bands else None
     check_input(Path(args.path), bands)
+    sha256 = file_sha256(args.path)
+    check_replacing(store, survey_id, args.path, sha256, bands, args.overwrite)
     prepare_flow_run()
-    summary = ingest_flow(
+    from flows.ingest import ingest_flow
+
+    summary = run_flow(
+        ingest_flow,
         path=args.path, area=args.area, date=args.date, store=args.store, bands=bands,
-        overwrite=args.overwrite, cluster=args.cluster, workers=args.workers,
+        overwrite=args.overwrite, cluster=args.cluster, workers=args.workers, sha256=sha256,
     )
     skipped = all(stage["status"] == "skipped" for stage in summary["stages"])
     status = "unchanged" if skipped else summary["ingest"]["status"]
@@ -68,6 +73,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def describe_ingest(survey, status: str, store) -> str:
+    from flows.commands.surveys import pixel_size
+
     if status == "unchanged":
         return f"survey {survey.id} already holds {survey.source_name} (same sha256): nothing to do"
     verb = "replaced" if status == "replaced" else "ingested"
@@ -75,5 +82,5 @@ def describe_ingest(survey, status: str, store) -> str:
     return (
         f"{verb} {survey.source_name} as survey {survey.id} in {store.root}: {survey.width} x "
         f"{survey.height} px, {len(survey.bands)} band(s) ({', '.join(survey.bands)}), "
-        f"{survey.dtype}, {info['crs']}, pixel {survey.res[0]:g} x {survey.res[1]:g} {info['units']}"
+        f"{survey.dtype}, {info['crs']}, pixel {pixel_size(survey)}"
     )

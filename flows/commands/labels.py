@@ -37,6 +37,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -107,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.labels import labels_flow
 
-    summary = labels_flow(
+    summary = run_flow(
+        labels_flow,
         surveys=[args.survey], store=str(store.root), truth=args.path, expr=args.expr, where=where,
         on_date=args.on_date, min_cover=args.min_cover, region=args.region, crs=args.crs,
         min_fraction=args.min_fraction, min_valid=args.min_valid, name=args.name, stride=args.stride,

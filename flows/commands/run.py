@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 
-from flows.commands._common import add_cluster_arguments, add_store_argument, prepare_flow_run
+from flows.commands._common import add_cluster_arguments, add_store_argument, prepare_flow_run, run_flow
 
 NAME = "run"
 HELP = "run the pipeline on a new survey: ingest, detect, change (a Prefect flow)"
@@ -43,11 +43,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from pipeline.files import file_sha256, survey_id_for
+    from pipeline.ingest import check_input, check_replacing
+    from pipeline.store import Store
+
+    # Everything a user can get wrong is checked before Prefect or a cluster starts.
+    store = Store(args.store)
+    survey_id = survey_id_for(args.area, args.date)
+    bands = args.bands.split(",") if args.bands else None
+    check_input(Path(args.path), bands)
+    if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
+        from pipeline.errors import InputError
+
+        raise InputError(f"--threshold must be a probability between 0 and 1, got {args.threshold}")
+    if args.model is not None:
+        from pipeline.detect import resolve_model
+
+        resolve_model(store, args.model)
+    if args.truth:
+        from pipeline.evaluate import read_truth
+
+        read_truth(args.truth)
+    sha256 = file_sha256(args.path)
+    check_replacing(store, survey_id, args.path, sha256, bands, args.overwrite)
+    prepare_flow_run()
     from flows.survey_pipeline import survey_pipeline
 
-    prepare_flow_run()
-
-    summary = survey_pipeline(
+    summary = run_flow(
+        survey_pipeline,
         path=args.path,
         area=args.area,
         date=args.date,
@@ -56,8 +81,9 @@ def run(args: argparse.Namespace) -> int:
         truth=args.truth,
         stride=args.stride,
         threshold=args.threshold,
-        bands=args.bands.split(",") if args.bands else None,
+        bands=bands,
         overwrite=args.overwrite,
+        sha256=sha256,
         cluster=args.cluster,
         workers=args.workers,
     )

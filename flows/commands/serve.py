@@ -11,10 +11,10 @@ Area and date of each file come from a sidecar JSON (creek_0601.json beside cree
 (creek_2024-06-01.tif, creek-20240601-rgb.tif). Files modified less than --settle seconds ago
 are left for the next run (they may still be being copied).
 
-Schedules need a running Prefect server (the temporary local one never fires them):
+Schedules need a running Prefect server (the temporary local one never fires them): a
+`damwatch server start` one, used automatically, or the one PREFECT_API_URL names:
 
-  prefect server start --host 127.0.0.1 --port 4200 &
-  export PREFECT_API_URL=http://127.0.0.1:4200/api
+  damwatch server start
   damwatch serve --inbox /data/inbox --cron "0 6 * * *" --model latest
   damwatch serve --inbox /data/inbox --interval 600 --store /data/damwatch
 
@@ -57,6 +57,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.server import use_running_server
+
+    use_running_server()  # before Prefect is imported: a running damwatch server is the one to serve on
     from flows.deployments import (
         WATCH_DEPLOYMENT,
         require_server,

@@ -23,6 +23,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_store_argument(parser)
 
 
+def pixel_size(survey) -> str:
+    """The pixel size as printed: in the CRS's units, and in metres for a geographic survey."""
+    from pipeline.units import describe_size
+
+    w, s, e, n = survey.bounds
+    return describe_size(survey.crs, survey.res[0], survey.res[1], centre=((w + e) / 2, (s + n) / 2))
+
+
 def run(args: argparse.Namespace) -> int:
     store = open_store(args)
     surveys = store.surveys(area=args.area)
@@ -31,7 +39,9 @@ def run(args: argparse.Namespace) -> int:
             print(json.dumps(s.summary()))
         return 0
     if not surveys:
-        print(f"no surveys in {store.root}; add one with `damwatch ingest FILE --area AREA --date YYYY-MM-DD`")
+        from pipeline.errors import command
+
+        print(f"no surveys in {store.root}; ingest one ({command('ingest', '--help')} shows how)")
         return 0
     rows = [("id", "area", "date", "size (px)", "bands", "crs", "pixel size")]
     for s in surveys:
@@ -44,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
                 f"{s.width} x {s.height}",
                 ",".join(s.bands),
                 info["crs"],
-                f"{s.res[0]:g} x {s.res[1]:g} {info['units']}",
+                pixel_size(s),
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

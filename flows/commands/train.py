@@ -42,6 +42,7 @@ from flows.commands._common import (
     add_store_argument,
     open_store,
     prepare_flow_run,
+    run_flow,
     stage_status,
 )
 
@@ -76,9 +77,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="with --truth: choose the targets by property (repeatable; default: class=dam)")
     source.add_argument("--labels", default="default", metavar="NAME",
                         help="name of the stored label set (default: default)")
-    source.add_argument("--size", "--tile-size", type=int, default=128, metavar="PX", dest="size",
+    source.add_argument("--size", type=int, default=128, metavar="N",
                         help="tile edge of the labels (and classic features), pixels (default: 128)")
-    source.add_argument("--stride", type=int, default=128, metavar="PX",
+    # The name train used before every command said --size; kept so old scripts still run.
+    source.add_argument("--tile-size", type=int, dest="size", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+    source.add_argument("--stride", type=int, default=128, metavar="N",
                         help="tile stride of the labels (and classic features), pixels (default: 128)")
     cnn = parser.add_argument_group("cnn")
     cnn.add_argument("--bands", type=_names, default=None, metavar="NAMES",
@@ -94,7 +97,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     classic.add_argument("--holdout-test", type=float, default=0.2, metavar="F",
                          help="share of tile columns held out for test metrics (default: 0.2)")
     opt = parser.add_argument_group("optimization (defaults: the family's)")
-    opt.add_argument("--epochs", type=int, default=None, metavar="N", help="most epochs (cnn 16, classic 200)")
+    opt.add_argument("--epochs", type=int, default=None, metavar="N", help="most epochs (cnn 30, classic 200)")
     opt.add_argument("--patience", type=int, default=None, metavar="N", help="epochs without improvement before stopping")
     opt.add_argument("--learning-rate", type=float, default=None, metavar="LR", help="Adam step (cnn 0.002, classic 0.01)")
     opt.add_argument("--optimizer", choices=("adam", "sgd"), default=None, help="default: adam")
@@ -181,7 +184,8 @@ def run(args: argparse.Namespace) -> int:
     prepare_flow_run()
     from flows.train import train_flow
 
-    summary = train_flow(
+    summary = run_flow(
+        train_flow,
         surveys=list(args.surveys), store=str(store.root), settings=settings.to_dict(), truth=args.truth, where=where,
         cluster=args.cluster, workers=args.workers,
         make_features=False,  # classic features come from `damwatch features`, checked above

@@ -49,7 +49,7 @@ def test_serve_refuses_to_start_without_a_prefect_server(tmp_path, monkeypatch, 
     with temporary_settings(updates={PREFECT_API_URL: None}):
         assert main(["serve", "--inbox", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "prefect server start" in err and "PREFECT_API_URL" in err
+    assert "`damwatch server start`" in err and "PREFECT_API_URL" in err
 
 
 @pytest.mark.parametrize(

@@ -105,8 +105,9 @@ def test_detect_command_writes_valid_maps(naip, dask_client, prefect, tmp_path, 
     run = json.loads((run_dir / "provenance.json").read_text())
     assert run["flow"] == "detect" and run["status"] == "completed" and run["prefect_flow_run_id"]
     assert run["parameters"]["out"] == str(out) and run["parameters"]["threshold"] == 0.5
-    assert sorted(p.name for p in out.iterdir()) == ["detections.geojson", "footprints.geojson", "probability.tif",
-                                                     "provenance.json", "quicklook.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "detections.geojson", "detections.stac.json", "footprints.geojson", "probability.stac.json", "probability.tif",
+        "provenance.json", "quicklook.png"]
     survey = store.survey(sid)
     pm = detect.open_probability_map(store, mid, sid, "size128_stride64")
 
@@ -230,7 +231,8 @@ def test_change_command_outputs_and_metrics(naip, dask_client, prefect, tmp_path
     truth_path.write_text(json.dumps(truth))
     out = tmp_path / "change"
     assert _cli(naip, dask_client, "change", a, b, "--model", mid, "--out", str(out), "--truth", str(truth_path)) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["change.geojson", "change.png", "change.tif", "metrics.json", "provenance.json"]
+    assert {"change.geojson", "change.png", "change.tif", "change.tif.aux.xml", "metrics.json", "provenance.json"} <= {
+        p.name for p in out.iterdir()}
 
     valid, errors, _ = cog_validate(str(out / "change.tif"), quiet=True)
     assert valid, errors

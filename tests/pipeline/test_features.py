@@ -323,8 +323,8 @@ def test_stored_features_layout_reuse_and_overwrite(naip_store, dask_client):
     assert group.attrs["complete"] is True
     assert group.attrs["feature_spec"]["id"] == "default-v1"
     assert TileGrid.from_dict(group.attrs["grid"]) == first.grid
-    assert group["values"].metadata.dimension_names == ("tile_row", "tile_col", "feature")
-    values_file = naip_store.zarr_path / first.path / "values" / "zarr.json"
+    assert group["features"].metadata.dimension_names == ("y", "x", "feature")
+    values_file = naip_store.zarr_path / first.path / "features" / "zarr.json"
     stamp = values_file.stat().st_mtime_ns
     again = compute_features(naip_store, "naip-2015-09-26", spec="default", client=dask_client)
     assert values_file.stat().st_mtime_ns == stamp  # same survey, spec, grid: reused

@@ -176,7 +176,7 @@ def test_bad_label_inputs_are_clear_errors(survey_store, truth_files, tmp_path):
     (tmp_path / "bad.geojson").write_text("{not json")
     with pytest.raises(InputError, match="is not GeoJSON"):
         labels_from_vector(survey_store, "plot-2021-06-01", tmp_path / "bad.geojson", save=False)
-    with pytest.raises(StoreError, match="damwatch labels plot-2021-06-01"):
+    with pytest.raises(StoreError, match=r"--name never-made --size 128 --stride 128 \(`damwatch labels --help`"):
         open_labels(survey_store, "plot-2021-06-01", "never-made")
 
 
