@@ -60,7 +60,19 @@ def tie_to_this_process() -> None:
 
     if not isinstance(server_module.subprocess, _LaunchingSubprocess):
         server_module.subprocess = _LaunchingSubprocess(server_module.subprocess)
-    server_module.SubprocessASGIServer().start()
+    try:
+        server_module.SubprocessASGIServer().start()
+    except RuntimeError as exc:  # "Timed out while attempting to connect to ephemeral Prefect API server"
+        from prefect.settings import PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS
+
+        from pipeline.errors import ResourceError
+
+        raise ResourceError(
+            f"Prefect's temporary server did not answer within "
+            f"{PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()} s ({exc}); the machine is probably busy. "
+            f"Start a persistent server once with `damwatch server start` (every later command then uses it and "
+            f"starts in about a second), or wait longer: `export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=120`"
+        ) from None
 
 
 def _launch(parent: int, argv: list[str]) -> None:

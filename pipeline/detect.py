@@ -78,6 +78,8 @@ MIN_VALID_FRACTION = 0.5
 BLOCK_PIXELS = 1024
 #: Tiles per classic scoring task: ~16k tiles x ~1,100 float32 features is ~70 MB read.
 TILES_PER_TASK = 16384
+#: Most bytes of feature maps a scoring task holds (:func:`feature_map_budget`).
+FEATURE_MAP_BYTES = 192 * 2**20
 CALIBRATION = "calibration"  # key of the calibration (a, b) in a cnn model's input description
 
 
@@ -264,10 +266,31 @@ def _score_cnn_block(survey: "Survey", classifier: Classifier, grid: dict, stats
     S, W, P = grid["S"], grid["W"], grid["P"]
     h, w = (i1 - i0 - 1) * S + W, (j1 - j0 - 1) * S + W
     x, valid = read_channels(survey, grid["reading"], grid["spec"], i0 * S - P, j0 * S - P, h, w, stats)
-    z = classifier.score_map(x, W, logits=True)  # (i1 - i0, j1 - j0): window (a, b) at pixel (a S, b S) of the block
+    # (i1 - i0, j1 - j0): window (a, b) at pixel (a S, b S) of the block
+    z = classifier.score_map(x, W, logits=True, max_bytes=feature_map_budget(x.nbytes))
     share = window_valid_share(valid, S, W, i1 - i0, j1 - j0)
     p = np.where(share >= MIN_VALID_FRACTION, calibrate(z, classifier.feature_spec.get(CALIBRATION)), np.nan)
     zarr.open_array(out_path, mode="r+")[i0:i1, j0:j1] = p.astype(np.float32)
+
+
+def feature_map_budget(block_bytes: int) -> int:
+    """Bytes of feature maps a scoring task may hold at once (``ConvNet.score_map``'s strips).
+
+    192 MB (large strips keep the matrix products efficient), but no more than what is left of
+    a quarter of the Dask worker's memory limit once the block's pixels (``block_bytes``) are
+    counted, and at least 16 MB: a worker given little memory scores in thinner strips instead
+    of being paused or restarted by Dask's memory manager.
+    """
+    budget = FEATURE_MAP_BYTES
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+    except (ImportError, ValueError, AttributeError):  # not on a Dask worker: local threads
+        limit = None
+    if limit:
+        budget = min(budget, limit // 4 - 2 * block_bytes)
+    return int(max(budget, 16 * 2**20))
 
 
 def _score_classic_rows(values: Any, valid_fraction: np.ndarray, r0: int, r1: int, classifier: Classifier) -> np.ndarray:

@@ -56,6 +56,8 @@ def prepare_flow_run() -> None:
 
     from flows.server import use_running_server
 
+    # Prefect's default of 20 s for its temporary server is too short on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
     use_running_server()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     from flows.failures import hide_user_error_tracebacks

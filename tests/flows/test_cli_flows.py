@@ -112,3 +112,24 @@ def test_bad_input_found_inside_a_flow_is_one_paragraph_and_a_failed_run(prefect
         runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["labels"])))
     failed = [r for r in runs if r.parameters.get("on_date") == "June 2024"]
     assert len(failed) == 1 and failed[0].state.is_failed()
+
+
+def test_a_temporary_prefect_server_that_never_answers_is_one_paragraph_exit_1(survey_store, tmp_path):
+    """A busy machine: Prefect's temporary server misses its start-up deadline (forced here with
+    a deadline of 0 s). That is the machine's fault, not the input's: exit 1, one paragraph that
+    says how to avoid it, and no traceback; nothing is written to the store."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="0", DAMWATCH_HOME=str(tmp_path / "home"))
+    before = sorted(p.relative_to(survey_store.root) for p in survey_store.root.rglob("*"))
+    argv = ["labels", "creek-2024-06-01", "--expr", "red > 0", "--name", "never", "--store", str(survey_store.root)]
+    done = subprocess.run([sys.executable, "-m", "flows.cli", *argv], capture_output=True, text=True, timeout=120,
+                          env=env, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    message = " ".join(done.stderr.split())
+    assert "temporary server did not answer within 0 s" in message and "`damwatch server start`" in message
+    assert sorted(p.relative_to(survey_store.root) for p in survey_store.root.rglob("*")) == before
