@@ -189,3 +189,20 @@ def test_main_returns_2_for_the_refusal_in_process(tmp_path, write_survey, capsy
     ingest(tmp_path / "a.tif", "creek", "2024-06-01", store)
     rc = main(["run", str(tmp_path / "b.tif"), "--area", "creek", "--date", "2024-06-01", "--store", str(store.root)])
     assert rc == 2 and "already exists" in capsys.readouterr().err
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback(tmp_path, write_survey):
+    """`damwatch surveys | head -1`: the pipe closes before the command has written everything.
+    The command stops quietly with 141 (128 + SIGPIPE), as a shell tool does."""
+    from pipeline.ingest import ingest
+    from pipeline.store import Store
+
+    store = Store(tmp_path / "store")
+    write_survey(tmp_path / "a.tif", height=64, width=64)
+    ingest(tmp_path / "a.tif", "creek", "2024-06-01", store)
+    proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "surveys", "--store", str(store.root)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=Path(__file__).resolve().parents[2])
+    proc.stdout.close()  # before the child (still importing) writes a byte
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141, err
+    assert b"Traceback" not in err and b"BrokenPipe" not in err
